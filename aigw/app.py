@@ -1,0 +1,175 @@
+"""aiohttp wiring: routes, the per-request flow, and the process lifecycle.
+
+A request to an API route becomes a :class:`~aigw.context.RequestContext`; the core reads and
+validates the body, resolves the target with the terminal plugin, runs the request phase, sends
+the reply through the response phase (:mod:`aigw.respond`), and always runs ``on_log``. Start-up
+and shutdown use ``cleanup_ctx``: the shared session, then each plugin in conf.d order (so they
+stop in reverse, and only if they started), then the background write-back drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from pluggy import HookImpl
+
+from aigw.config import Config
+from aigw.context import Api, Reply, RequestContext
+from aigw.errors import GatewayError, NotFound
+from aigw.gateway import Gateway
+from aigw.intake import read_payload
+from aigw.pipeline import Pipeline
+from aigw.plugins import LoadedPlugins, load
+from aigw.respond import send
+
+log = logging.getLogger("aigw")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+
+API_ROUTES: dict[str, tuple[str, Api | None]] = {
+    "/v1/chat/completions": ("POST", "chat.completions"),
+    "/v1/completions": ("POST", "completions"),
+    "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/models": ("GET", None),
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Application:
+    """Build the aiohttp application for a loaded conf.d."""
+    loaded = loaded or load(config)
+    gateway = Gateway(config)
+    pipeline = Pipeline(loaded)
+    app = web.Application(client_max_size=config.gateway.max_body_bytes)
+    app[GATEWAY] = gateway
+    app[PIPELINE] = pipeline
+    loaded.pm.hook.register_routes(router=app.router, gateway=gateway)
+    for path, (method, api) in API_ROUTES.items():
+        app.router.add_route("*", path, _api_handler(gateway, pipeline, loaded, method, api))
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz_handler(gateway, loaded))
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    app.cleanup_ctx.append(_session_ctx(gateway))
+    starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
+    stops = {i.plugin_name: i for i in loaded.pm.hook.shutdown.get_hookimpls()}
+    for name, _ in loaded.order:
+        app.cleanup_ctx.append(_plugin_ctx(name, starts.get(name), stops.get(name), gateway))
+    app.cleanup_ctx.append(_drain_ctx(gateway))
+    return app
+
+
+def _api_handler(
+    gateway: Gateway, pipeline: Pipeline, loaded: LoadedPlugins, method: str, api: Api | None
+) -> Handler:
+    max_body = gateway.settings.max_body_bytes
+    terminal = loaded.terminal
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ctx = RequestContext(request=request, request_id=_request_id(request), api=api)
+        try:
+            if request.method != method:
+                raise GatewayError(
+                    f"Method {request.method} is not allowed on {request.path}; use {method}",
+                    status=405,
+                    type="invalid_request_error",
+                    code="method_not_allowed",
+                    headers={"Allow": method},
+                )
+            if api is not None:
+                await read_payload(ctx, max_body)
+                ctx.target = terminal.resolve_target(ctx.model)
+                if ctx.target is None:
+                    raise NotFound(
+                        f"The model `{ctx.model}` does not exist or you do not have access to it.",
+                        code="model_not_found",
+                        param="model",
+                    )
+            reply = await pipeline.run_request(ctx)
+        except GatewayError as err:
+            # Rejected before any plugin ran: only on_log sees it.
+            ctx.error, ctx.replied_by = err, None
+            reply = Reply.from_error(err)
+        try:
+            return await send(ctx, reply, pipeline)
+        finally:
+            ctx.finished_at = time.perf_counter()
+            await pipeline.log(ctx)
+
+    return handle
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.headers.get("x-request-id", "")
+    if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
+        return rid
+    return os.urandom(12).hex()
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _readyz_handler(gateway: Gateway, loaded: LoadedPlugins) -> Handler:
+    async def readyz(request: web.Request) -> web.Response:
+        results = await asyncio.gather(*loaded.pm.hook.check_ready(), return_exceptions=True)
+        problems = [
+            r if isinstance(r, str) else f"probe failed: {r!r}" for r in results if r is not None
+        ]
+        if problems:
+            return web.json_response({"status": "not ready", "problems": problems}, status=503)
+        return web.json_response({"status": "ready"})
+
+    return readyz
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    err = NotFound(f"Unknown path {request.method} {request.path}", code="unknown_url")
+    return web.Response(status=404, body=err.body(), content_type="application/json")
+
+
+def _session_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        gateway.open_session()
+        yield
+        await gateway.close_session()
+
+    return ctx
+
+
+def _plugin_ctx(
+    name: str, start: HookImpl | None, stop: HookImpl | None, gateway: Gateway
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if start is not None:
+            await _call(start, gateway=gateway)
+        yield
+        if stop is not None:
+            try:
+                await _call(stop)
+            except Exception:
+                log.exception("plugin %s failed to shut down", name)
+
+    return ctx
+
+
+def _drain_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await gateway.drain(gateway.settings.shutdown_timeout_s)
+
+    return ctx
+
+
+async def _call(impl: HookImpl, **kwargs: object) -> None:
+    """Call a lifecycle hook with the arguments it declares (pluggy's rule)."""
+    result = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+    if inspect.isawaitable(result):
+        await result

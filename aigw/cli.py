@@ -1,0 +1,157 @@
+"""The ``aigw`` command: serve a conf.d, or check it.
+
+``aigw -c conf.d [--host H] [--port P] [--workers N] [--log-level L]`` serves;
+``aigw check -c conf.d`` validates and prints the effective pipeline without serving;
+``aigw --version``. With ``--workers N`` the parent starts N processes that share the port
+through SO_REUSEPORT; state that must be shared between them lives in Redis and the vector DB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aigw import __version__
+from aigw.config import Config, GatewaySettings, load_config
+from aigw.errors import ConfigError
+
+log = logging.getLogger("aigw")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigw", description="OpenAI-compatible AI gateway.")
+    parser.add_argument("--version", action="version", version=f"aigw {__version__}")
+    parser.add_argument("-c", "--conf", default="conf.d", help="conf.d directory (default: conf.d)")
+    parser.add_argument("--host", help="listen address (overrides gateway.host)")
+    parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
+    parser.add_argument("--workers", type=int, help="worker processes (overrides gateway.workers)")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides gateway.log_level"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aigw`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = "serve"
+    if args and args[0] in {"check", "serve"}:
+        command = args.pop(0)
+    opts = _parser().parse_args(args)
+    try:
+        config = _load(opts)
+        if command == "check":
+            print(describe(config))
+            return 0
+        _setup_logging(config.gateway.log_level)
+        return serve(config)
+    except ConfigError as err:
+        print(f"aigw: configuration error:\n{err}", file=sys.stderr)
+        return 2
+
+
+def _load(opts: argparse.Namespace) -> Config:
+    config = load_config(opts.conf)
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": opts.host,
+            "port": opts.port,
+            "workers": opts.workers,
+            "log_level": opts.log_level,
+        }.items()
+        if v is not None
+    }
+    if not overrides:
+        return config
+    merged = GatewaySettings.model_validate({**config.gateway.model_dump(), **overrides})
+    return Config(gateway=merged, plugins=config.plugins, source=config.source)
+
+
+def describe(config: Config) -> str:
+    """The effective configuration: server, plugins in order with their hooks, providers."""
+    from aigw.plugins import load
+
+    loaded = load(config)
+    g = config.gateway
+    lines = [
+        f"aigw {__version__}: {config.source} is valid",
+        f"listen: {g.host}:{g.port}  workers: {g.workers}  max body: {g.max_body_bytes} bytes",
+        "pipeline (request order; responses run back in reverse):",
+    ]
+    for i, ((name, plugin), entry) in enumerate(zip(loaded.order, config.plugins, strict=True)):
+        hooks = sorted(h.name for h in loaded.pm.get_hookcallers(plugin) or [])
+        mark = "  [terminal]" if getattr(plugin, "terminal", False) else ""
+        lines.append(f"  {i + 1}. {name}{mark}  ({entry.file.name}; hooks: {', '.join(hooks)})")
+    describe_terminal = getattr(loaded.terminal, "describe", None)
+    if describe_terminal is not None:
+        lines.append("providers:")
+        lines.extend(f"  {line}" for line in describe_terminal())
+    return "\n".join(lines)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(config: Config) -> int:
+    """Serve until SIGINT/SIGTERM, in one process or ``workers`` processes."""
+    if config.gateway.workers == 1:
+        _run_worker(config, reuse_port=False)
+        return 0
+    mp = multiprocessing.get_context("spawn")
+    procs = [
+        mp.Process(target=_run_worker, args=(config, True), name=f"aigw-worker-{i}")
+        for i in range(config.gateway.workers)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    return max((abs(p.exitcode or 0) for p in procs if p.exitcode != -signal.SIGTERM), default=0)
+
+
+def _run_worker(config: Config, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from aigw.app import create_app
+
+    _setup_logging(config.gateway.log_level)
+    try:
+        import uvloop  # optional speed-up: the `speed` extra
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if reuse_port:
+        # Each worker ignores SIGINT so Ctrl-C reaches the parent, which terminates them all.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    g = config.gateway
+    log.info("aigw %s serving %s on http://%s:%d", __version__, Path(config.source), g.host, g.port)
+    web.run_app(
+        create_app(config),
+        host=g.host,
+        port=g.port,
+        reuse_port=reuse_port,
+        handler_cancellation=True,  # a client that disconnects cancels its upstream call
+        shutdown_timeout=g.shutdown_timeout_s,
+        access_log=None,
+        print=None,
+    )

@@ -1,0 +1,166 @@
+"""conf.d loading: YAML files in name order, ``${VAR}`` expansion, typed validation.
+
+A conf.d directory holds ``*.yaml`` files read in file-name order. One file may hold the
+server settings under ``gateway:``; every other file configures one plugin::
+
+    plugin: exact-cache          # entry-point name in group aigw.plugins, or module:Class
+    enabled: true                # optional; false skips the file
+    config: {...}                # validated by the plugin's Config model
+
+Strings may use ``${VAR}`` (the variable must be set), ``${VAR:-default}`` (default when unset
+or empty) and ``${VAR:+word}`` (word when set and non-empty, else empty). Every error is a
+:class:`~aigw.errors.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aigw.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\+)([^}]*))?\}")
+
+
+class Settings(BaseModel):
+    """Base of every settings model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GatewaySettings(Settings):
+    """Server settings (the ``gateway:`` block).
+
+    ``host``/``port``: where to listen. ``workers``: processes sharing the port
+    (SO_REUSEPORT). ``max_body_bytes``: request body limit (413 above it).
+    ``shutdown_timeout_s``: how long in-flight requests and write-backs may take on shutdown.
+    ``log_level``: Python logging level name.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginEntry:
+    """One enabled plugin file: its name (entry point or ``module:Class``) and raw config."""
+
+    name: str
+    file: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A loaded conf.d: server settings and the enabled plugins in order."""
+
+    gateway: GatewaySettings
+    plugins: list[PluginEntry]
+    source: Path
+
+
+def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any:
+    """Expand ``${...}`` in every string inside ``value``; ``where`` prefixes errors."""
+    env = os.environ.copy() if env is None else env
+    if isinstance(value, str):
+        return _expand_str(value, where, env)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}.{i}", env) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}", env) for k, v in value.items()}
+    return value
+
+
+def _expand_str(text: str, where: str, env: dict[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        name, op, word = m.group(1), m.group(2), m.group(3) or ""
+        val = env.get(name, "")
+        if op == ":-":
+            return val or word
+        if op == ":+":
+            return word if val else ""
+        if name not in env:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return val
+
+    return _VAR.sub(sub, text)
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """One line per problem: ``<where>.<key path>: <what was expected>``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{where}{'.' + loc if loc else ''}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def validate(model: type[Settings], raw: Any, where: str) -> Any:
+    """Validate ``raw`` into ``model``; a :class:`ConfigError` names ``where`` and the key."""
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, where)) from None
+
+
+def load_config(conf_dir: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a conf.d directory (plugin configs are validated when built)."""
+    root = Path(conf_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a directory (expected a conf.d with *.yaml files)")
+    gateway: GatewaySettings | None = None
+    plugins: list[PluginEntry] = []
+    for path in sorted(root.glob("*.yaml")):
+        doc = _read_yaml(path)
+        doc = expand_env(doc, str(path), env)
+        if "gateway" in doc:
+            if gateway is not None or set(doc) != {"gateway"}:
+                raise ConfigError(f"{path}: a gateway file holds only one 'gateway:' block")
+            gateway = validate(GatewaySettings, doc["gateway"], f"{path}: gateway")
+            continue
+        entry = _plugin_entry(path, doc)
+        if entry is not None:
+            plugins.append(entry)
+    if not plugins:
+        raise ConfigError(f"{root}: no enabled plugin files; the last one must be terminal")
+    return Config(gateway=gateway or GatewaySettings(), plugins=plugins, source=root)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'plugin:' or 'gateway:'")
+    return doc
+
+
+def _plugin_entry(path: Path, doc: dict[str, Any]) -> PluginEntry | None:
+    unknown = set(doc) - {"plugin", "config", "enabled"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {sorted(unknown)}; expected plugin, config, enabled"
+        )
+    name = doc.get("plugin")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: plugin: expected a plugin name (entry point or module:Class)")
+    enabled = doc.get("enabled", True)
+    if isinstance(enabled, str):
+        enabled = enabled.strip().lower() in {"1", "true", "yes", "on"}
+    if not enabled:
+        return None
+    config = doc.get("config") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: config: expected a mapping")
+    return PluginEntry(name=name, file=path, config=config)

@@ -1,0 +1,123 @@
+"""Per-request state shared by plugins: :class:`RequestContext`, :class:`Reply`, :class:`Target`.
+
+Plugins are singletons, so everything a request needs lives here. Contracts between plugins are
+typed fields (``consumer``, ``cache_lookup``, ``cache_status``, ``target``, ``completion`` ...);
+a plugin's private per-request data goes in ``ctx.scratch[<plugin name>]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from aigw.errors import GatewayError
+
+Api = Literal["chat.completions", "completions", "embeddings"]
+CacheStatus = Literal["hit", "miss", "skip"]
+
+JSON_CT = "application/json"
+SSE_CT = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: the provider (by its configured name) and the upstream model name."""
+
+    provider: str
+    model: str
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response produced by a plugin: a whole ``body``, or a ``stream`` of chunks.
+
+    The terminal plugin always returns one; any earlier plugin may return one to answer locally
+    (a cache hit, an auth failure). For a stream, each item the iterator yields is one chunk
+    (for SSE, one complete ``data: ...\\n\\n`` event) and is passed to ``on_response_chunk``.
+    """
+
+    status: int = 200
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+    content_type: str = JSON_CT
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+        """A JSON reply serialised with orjson."""
+        return cls(status=status, body=orjson.dumps(obj), headers=headers or {})
+
+    @classmethod
+    def from_error(cls, err: GatewayError) -> Reply:
+        """The OpenAI-style error reply for ``err``."""
+        return cls(status=err.status, body=err.body(), headers=dict(err.headers))
+
+
+@dataclass(slots=True, kw_only=True)
+class RequestContext:
+    """Everything known about one request, from arrival to the access log.
+
+    Set by the core before the request phase: ``request``, ``request_id``, ``api``, ``body``,
+    ``payload``, ``model``, ``stream``, ``target``. Set by plugins: ``consumer`` (auth),
+    ``cache_lookup``/``cache_store`` (skip-header), ``cache_*`` (caches), ``strip_headers``
+    (request headers the terminal must not forward). Set by the terminal while the response
+    flows: ``status``, ``usage``, ``completion`` and ``complete`` (see their comments).
+    """
+
+    request: web.Request
+    request_id: str
+    api: Api | None = None
+    started_at: float = field(default_factory=time.perf_counter)
+    #: The raw request body and its parsed JSON object (read once by the core).
+    body: bytes = b""
+    payload: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    stream: bool = False
+    target: Target | None = None
+
+    #: The authenticated caller (set by an auth plugin); the default cache scope.
+    consumer: str | None = None
+    #: Whether caches may answer this request, and whether they may store its answer.
+    cache_lookup: bool = True
+    cache_store: bool = True
+    cache_status: CacheStatus | None = None
+    cache_type: str | None = None
+    cache_key: str | None = None
+    similarity: float | None = None
+    #: Lower-case request header names the terminal must not forward upstream.
+    strip_headers: set[str] = field(default_factory=set)
+
+    reply: Reply | None = None
+    replied_by: str | None = None
+    #: Plugins whose ``on_request`` ran and passed the request on, in order.
+    passed_on: list[str] = field(default_factory=list)
+    #: Headers plugins add in ``on_response_headers``; merged over the reply's own.
+    response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    status: int = 0
+    #: Token usage of the answer (OpenAI ``usage`` object) once known.
+    usage: dict[str, Any] | None = None
+    #: The whole answer as one OpenAI ``chat.completion`` object, set by the terminal only when
+    #: the upstream finished it (a stream after its terminal event); ``None`` for errors and
+    #: broken streams. Caches store this.
+    completion: dict[str, Any] | None = None
+    #: True once the response was written to the client in full.
+    complete: bool = False
+    first_byte_at: float | None = None
+    finished_at: float | None = None
+    error: BaseException | None = None
+    #: Private per-request data of each plugin, keyed by plugin name.
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the request arrived (to ``finished_at`` once set)."""
+        end = self.finished_at if self.finished_at is not None else time.perf_counter()
+        return (end - self.started_at) * 1000.0

@@ -1,0 +1,63 @@
+"""Which headers cross the gateway, in each direction.
+
+Never forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials
+(the gateway's own key), ``Host``, and length/encoding headers that no longer match the body
+the gateway sends. Never copied back to the client from the upstream: hop-by-hop headers, and
+length/encoding/type headers that aiohttp recomputes for the body it writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+NOT_UPSTREAM: Final = HOP_BY_HOP | {
+    "host",
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+    "content-length",
+    "content-encoding",
+    "content-type",
+    "accept-encoding",
+    "expect",
+}
+
+NOT_DOWNSTREAM: Final = HOP_BY_HOP | {
+    "content-length",
+    "content-encoding",
+    "content-type",
+    "date",
+    "server",
+    "set-cookie",
+}
+
+
+def upstream_headers(incoming: Mapping[str, str], drop: Iterable[str] = ()) -> dict[str, str]:
+    """The client's headers that may go upstream, minus the lower-case names in ``drop``."""
+    dropped = NOT_UPSTREAM.union(drop)
+    connection = incoming.get("connection", "")
+    if connection:
+        # Headers named in Connection are hop-by-hop for this hop only.
+        dropped = dropped.union(h.strip().lower() for h in connection.split(","))
+    return {k: v for k, v in incoming.items() if k.lower() not in dropped}
+
+
+def downstream_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream response headers worth passing to the client (rate limits, ids, ...)."""
+    return {k: v for k, v in upstream.items() if k.lower() not in NOT_DOWNSTREAM}

@@ -1,0 +1,89 @@
+"""Reading and validating an OpenAI API request before the plugins see it.
+
+Bad input never reaches a plugin and never produces a traceback: each problem raises a
+:class:`~aigw.errors.GatewayError` with OpenAI's error shape and the right status (400, 413,
+415), naming the offending ``param``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from aigw.context import Api, RequestContext
+from aigw.errors import BadRequest, GatewayError, PayloadTooLarge
+
+_REQUIRED: dict[Api, str] = {
+    "chat.completions": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+}
+
+
+async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
+    """Read the body once, parse it and fill ``ctx.body``, ``payload``, ``model``, ``stream``."""
+    request = ctx.request
+    ctype = request.headers.get("Content-Type")
+    if ctype is not None and request.content_type != "application/json":
+        raise GatewayError(
+            f"Unsupported Content-Type {request.content_type!r}; send application/json",
+            status=415,
+            type="invalid_request_error",
+            code="unsupported_media_type",
+        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(max_bytes) from None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise BadRequest(
+            f"The request body is not valid JSON: {err}", code="invalid_json"
+        ) from None
+    if not isinstance(payload, dict):
+        raise BadRequest("The request body must be a JSON object", code="invalid_json")
+    ctx.body, ctx.payload = body, payload
+    validate(ctx.api, payload)
+    ctx.model = payload["model"]
+    ctx.stream = payload.get("stream") is True
+
+
+def _too_large(limit: int) -> GatewayError:
+    return PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes")
+
+
+def validate(api: Api | None, payload: dict[str, Any]) -> None:
+    """Check the fields every upstream needs, so errors are ours and clear."""
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise _param("you must provide a model parameter", "model", "missing_required_parameter")
+    stream = payload.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise _param("'stream' must be a boolean", "stream")
+    if api is None:
+        return
+    field = _REQUIRED[api]
+    if field not in payload:
+        raise _param(f"Missing required parameter: '{field}'", field, "missing_required_parameter")
+    if api == "chat.completions":
+        _check_messages(payload["messages"])
+    n = payload.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise _param("'n' must be a positive integer", "n")
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _param("'messages' must be a non-empty array", "messages")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise _param(f"messages[{i}] must be an object with a 'role'", f"messages[{i}].role")
+
+
+def _param(message: str, param: str, code: str = "invalid_value") -> BadRequest:
+    return BadRequest(message, param=param, code=code)

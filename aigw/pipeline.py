@@ -1,0 +1,124 @@
+"""Ordered, awaited dispatch of the request and response phases.
+
+pluggy is the registry, not the dispatcher: it calls implementations in LIFO order and cannot
+stop at the first coroutine result. So each phase's chain is built once, here, in conf.d
+order from ``pm.hook.<name>.get_hookimpls()``, and every step is awaited in turn. The response
+chains are precomputed for every possible replying plugin, so a request allocates nothing to
+find them. The rules are in :mod:`aigw.hookspecs`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aigw.context import Reply, RequestContext
+from aigw.errors import ConfigError, GatewayError
+from aigw.plugins import LoadedPlugins
+
+log = logging.getLogger("aigw.pipeline")
+
+Step = tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]]
+
+_PHASES = ("on_request", "on_response_headers", "on_response_chunk", "on_response_end", "on_log")
+
+
+class Pipeline:
+    """The request/response chains of one configured gateway.
+
+    :meth:`run_request` returns the reply (never raises for plugin errors: they become error
+    replies); the ``response_*`` methods run the reverse chains over the plugins that passed
+    the request on; :meth:`log` runs ``on_log`` for every plugin.
+    """
+
+    def __init__(self, loaded: LoadedPlugins) -> None:
+        self.names = [name for name, _ in loaded.order]
+        steps: dict[str, dict[str, Step]] = {}
+        for phase in _PHASES:
+            by_name: dict[str, Step] = {}
+            for impl in getattr(loaded.pm.hook, phase).get_hookimpls():
+                if impl.wrapper or impl.hookwrapper or impl.tryfirst or impl.trylast:
+                    raise ConfigError(
+                        f"plugin {impl.plugin_name!r}: {phase} cannot be a wrapper or use "
+                        "tryfirst/trylast; conf.d order decides"
+                    )
+                by_name[impl.plugin_name] = (impl.plugin_name, impl.function, impl.argnames)
+            steps[phase] = by_name
+        order = self.names
+        self._request = [steps["on_request"][n] for n in order if n in steps["on_request"]]
+        self._log = [steps["on_log"][n] for n in order if n in steps["on_log"]]
+        self._index = {n: i for i, n in enumerate(order)}
+        # _reverse[phase][i]: the phase's steps of plugins before plugin i, last first.
+        self._reverse = {
+            phase: [
+                [steps[phase][n] for n in reversed(order[:i]) if n in steps[phase]]
+                for i in range(len(order))
+            ]
+            for phase in ("on_response_headers", "on_response_chunk", "on_response_end")
+        }
+
+    async def run_request(self, ctx: RequestContext) -> Reply:
+        """Run ``on_request`` in conf.d order until a plugin replies; errors become replies."""
+        for name, fn, args in self._request:
+            try:
+                reply = await fn(ctx=ctx) if args == ("ctx",) else await fn(**_kw(args, ctx))
+            except GatewayError as err:
+                ctx.error = err
+                reply = Reply.from_error(err)
+            except Exception as err:
+                log.exception("request %s: plugin %s failed in on_request", ctx.request_id, name)
+                ctx.error = err
+                reply = Reply.from_error(GatewayError("internal error in the gateway"))
+            if reply is not None:
+                assert isinstance(reply, Reply), f"{name}.on_request returned {reply!r}"
+                ctx.reply, ctx.replied_by = reply, name
+                ctx.passed_on = self.names[: self._index[name]]
+                return reply
+        raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
+
+    def _chain(self, phase: str, ctx: RequestContext) -> list[Step]:
+        if ctx.replied_by is None:
+            return []
+        return self._reverse[phase][self._index[ctx.replied_by]]
+
+    def wants_chunks(self, ctx: RequestContext) -> bool:
+        """Whether any plugin that passed the request on looks at response chunks."""
+        return bool(self._chain("on_response_chunk", ctx))
+
+    async def response_headers(self, ctx: RequestContext, reply: Reply) -> None:
+        """``on_response_headers`` in reverse order; an exception propagates to the core."""
+        for _, fn, args in self._chain("on_response_headers", ctx):
+            await fn(**_kw(args, ctx, reply=reply))
+
+    async def response_chunk(self, ctx: RequestContext, chunk: bytes) -> bytes:
+        """``on_response_chunk`` in reverse order; each may replace the chunk."""
+        for _, fn, args in self._chain("on_response_chunk", ctx):
+            out = await fn(**_kw(args, ctx, chunk=chunk))
+            if out is not None:
+                chunk = out
+        return chunk
+
+    async def response_end(self, ctx: RequestContext) -> None:
+        """``on_response_end`` in reverse order; errors are logged, not raised."""
+        for name, fn, args in self._chain("on_response_end", ctx):
+            try:
+                await fn(**_kw(args, ctx))
+            except Exception:
+                log.exception(
+                    "request %s: plugin %s failed in on_response_end", ctx.request_id, name
+                )
+
+    async def log(self, ctx: RequestContext) -> None:
+        """``on_log`` for every plugin, in conf.d order; errors are logged, not raised."""
+        for name, fn, args in self._log:
+            try:
+                await fn(**_kw(args, ctx))
+            except Exception:
+                log.exception("request %s: plugin %s failed in on_log", ctx.request_id, name)
+
+
+def _kw(args: tuple[str, ...], ctx: RequestContext, **extra: Any) -> dict[str, Any]:
+    """Pass an implementation only the arguments it declares, as pluggy does."""
+    extra["ctx"] = ctx
+    return {a: extra[a] for a in args}

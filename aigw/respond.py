@@ -1,0 +1,134 @@
+"""Sending a :class:`~aigw.context.Reply` to the client through the response phase.
+
+Headers are sent only after every ``on_response_headers`` ran; after that nothing can change
+them. A whole body is one chunk. A stream is written chunk by chunk with back-pressure
+(``await resp.write``); if it breaks after the headers went out, the client gets an OpenAI
+``error`` event and the connection is closed, so a cut-off answer never looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+import orjson
+from aiohttp import web
+
+from aigw.context import SSE_CT, Reply, RequestContext
+from aigw.errors import GatewayError
+from aigw.pipeline import Pipeline
+
+log = logging.getLogger("aigw")
+
+_CLIENT_GONE = (ConnectionResetError, ConnectionError)
+
+
+async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.StreamResponse:
+    """Run the response phase for ``reply`` and write it; returns the prepared response."""
+    try:
+        await pipeline.response_headers(ctx, reply)
+    except Exception as err:
+        await _close_stream(reply)
+        reply = _error_reply(ctx, err, "on_response_headers")
+    ctx.status = reply.status
+    headers = reply.headers
+    headers["x-request-id"] = ctx.request_id
+    if ctx.response_headers:
+        headers.update(ctx.response_headers)
+    if reply.stream is None:
+        return await _send_body(ctx, reply, pipeline, headers)
+    return await _send_stream(ctx, reply, pipeline, headers)
+
+
+async def _send_body(
+    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: dict[str, str]
+) -> web.StreamResponse:
+    body = reply.body
+    if pipeline.wants_chunks(ctx):
+        try:
+            body = await pipeline.response_chunk(ctx, body)
+        except Exception as err:
+            reply = _error_reply(ctx, err, "on_response_chunk")
+            body, ctx.status = reply.body, reply.status
+    resp = web.Response(
+        status=ctx.status, body=body, headers=headers, content_type=reply.content_type
+    )
+    ctx.first_byte_at = time.perf_counter()
+    try:
+        await resp.prepare(ctx.request)
+        await resp.write_eof()
+    except _CLIENT_GONE as err:
+        ctx.error = err
+        return resp
+    ctx.complete = True
+    await pipeline.response_end(ctx)
+    return resp
+
+
+async def _send_stream(
+    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: dict[str, str]
+) -> web.StreamResponse:
+    assert reply.stream is not None
+    resp = web.StreamResponse(status=ctx.status, headers=headers)
+    resp.content_type = reply.content_type
+    if reply.content_type == SSE_CT:
+        resp.charset = "utf-8"
+        resp.headers["Cache-Control"] = "no-cache"
+    chunk_hooks = pipeline.wants_chunks(ctx)
+    try:
+        await resp.prepare(ctx.request)
+        async for chunk in reply.stream:
+            if ctx.first_byte_at is None:
+                ctx.first_byte_at = time.perf_counter()
+            await resp.write(await pipeline.response_chunk(ctx, chunk) if chunk_hooks else chunk)
+        await resp.write_eof()
+    except _CLIENT_GONE as err:
+        ctx.error = err
+        log.info("request %s: client went away mid-stream", ctx.request_id)
+        return resp
+    except Exception as err:
+        await _abort_stream(ctx, resp, err)
+        return resp
+    finally:
+        await _close_stream(reply)
+    ctx.complete = True
+    await pipeline.response_end(ctx)
+    return resp
+
+
+async def _abort_stream(ctx: RequestContext, resp: web.StreamResponse, err: Exception) -> None:
+    """The stream broke after the headers were sent: tell the client, then cut the connection."""
+    ctx.error = err
+    if isinstance(err, GatewayError):
+        log.warning("request %s: stream aborted: %s", ctx.request_id, err.message)
+        message, type_ = err.message, err.type
+    else:
+        log.error("request %s: stream aborted", ctx.request_id, exc_info=err)
+        message, type_ = "internal error in the gateway", "server_error"
+    if resp.content_type == SSE_CT:
+        event = {"error": {"message": message, "type": type_, "code": None, "param": None}}
+        with contextlib.suppress(*_CLIENT_GONE):
+            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+    # Closing without the terminating chunk makes the truncation visible to HTTP clients.
+    resp.force_close()
+    transport = ctx.request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def _close_stream(reply: Reply) -> None:
+    """Close the reply's iterator so its upstream request is released (or cancelled)."""
+    aclose = getattr(reply.stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _error_reply(ctx: RequestContext, err: Exception, phase: str) -> Reply:
+    ctx.error = err
+    if isinstance(err, GatewayError):
+        return Reply.from_error(err)
+    log.error("request %s: %s failed", ctx.request_id, phase, exc_info=err)
+    reply = Reply.from_error(GatewayError("internal error in the gateway"))
+    reply.headers["x-request-id"] = ctx.request_id
+    return reply

@@ -1,0 +1,666 @@
+"""Benchmark aigw against a bare aiohttp proxy and the upstream itself, in one run.
+
+Starts the mock upstream, then one target at a time in its own process on a free loopback port
+(`direct` is the upstream itself, `bare` the reference proxy, `aigw-*` gateway scenarios), checks
+that each answers correctly, warms it up, and measures non-stream chat completions at each
+concurrency (req/s, p50, p99) plus streamed time-to-first-byte at concurrency 1. Prints one table,
+the ratios against the bare proxy and whether aigw meets its targets.
+
+    python -m benchmarks.run [--duration 5] [--concurrency 1,16,64] [--only direct,bare,...]
+                             [--generator auto|wrk|python] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import aiohttp
+
+from benchmarks._runtime import loop_name, new_event_loop
+from benchmarks.loadgen import (
+    Bodies,
+    CellResult,
+    Generator,
+    PythonGenerator,
+    TtfbResult,
+    WrkGenerator,
+    check_target,
+    measure_ttfb,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+AIGW_HEALTH_TIMEOUT_S = 15.0
+HELPER_HEALTH_TIMEOUT_S = 10.0
+
+# The targets aigw is held to, against the bare proxy (see README.md).
+SHIPPED = "aigw-shipped"
+MIN_RPS_RATIO = 0.8
+MAX_ADDED_P50_MS = 0.3
+MAX_ADDED_TTFB_MS = 0.5
+
+# conf.d fragments. `${port}` and `${upstream}` (scheme://host:port of the mock upstream) are
+# substituted when a scenario's files are written; nothing else in them may contain `$`.
+GATEWAY_YAML = "gateway:\n  host: 127.0.0.1\n  port: ${port}\n"
+SKIP_HEADER_YAML = "plugin: skip-header\n"
+EXACT_MEMORY_YAML = "plugin: exact-cache\nconfig:\n  store: {type: memory}\n"
+EXACT_REDIS_YAML = (
+    "plugin: exact-cache\nconfig:\n  store: {type: redis, url: 'redis://127.0.0.1:6379/0'}\n"
+)
+PROVIDER_YAML = """\
+plugin: provider-proxy
+config:
+  providers:
+    - name: bench
+      type: openai
+      base_url: ${upstream}/v1
+      api_keys: [sk-bench]
+      models: ["*"]
+"""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One aigw configuration to benchmark: its conf.d files and how its prompts vary.
+
+    `unique_prompts=True` gives every request a prompt never seen before (an exact cache only
+    misses, so the full proxy path is measured); False repeats one fixed prompt (all hits after
+    the first). Scenarios with `default=False` run only when named in `--only`.
+    """
+
+    name: str
+    description: str
+    conf: Mapping[str, str]
+    unique_prompts: bool = True
+    default: bool = True
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        name=SHIPPED,
+        description="shipped pipeline: skip-header + exact-cache(memory) + provider-proxy, misses",
+        conf={
+            "00-gateway.yaml": GATEWAY_YAML,
+            "20-skip-header.yaml": SKIP_HEADER_YAML,
+            "30-exact-cache.yaml": EXACT_MEMORY_YAML,
+            "90-provider-proxy.yaml": PROVIDER_YAML,
+        },
+    ),
+    Scenario(
+        name="aigw-proxy-only",
+        description="provider-proxy alone",
+        conf={"00-gateway.yaml": GATEWAY_YAML, "90-provider-proxy.yaml": PROVIDER_YAML},
+    ),
+    Scenario(
+        name="aigw-exact-hit-memory",
+        description="shipped pipeline, one fixed prompt: memory exact-cache hits",
+        conf={
+            "00-gateway.yaml": GATEWAY_YAML,
+            "20-skip-header.yaml": SKIP_HEADER_YAML,
+            "30-exact-cache.yaml": EXACT_MEMORY_YAML,
+            "90-provider-proxy.yaml": PROVIDER_YAML,
+        },
+        unique_prompts=False,
+        default=False,
+    ),
+    Scenario(
+        name="aigw-exact-hit-redis",
+        description="skip-header + exact-cache(redis) + provider-proxy, fixed prompt: Redis hits",
+        conf={
+            "00-gateway.yaml": GATEWAY_YAML,
+            "20-skip-header.yaml": SKIP_HEADER_YAML,
+            "30-exact-cache.yaml": EXACT_REDIS_YAML,
+            "90-provider-proxy.yaml": PROVIDER_YAML,
+        },
+        unique_prompts=False,
+        default=False,
+    ),
+)
+BASE_TARGETS = {"direct": "the mock upstream, no proxy", "bare": "bare aiohttp pass-through proxy"}
+
+
+@dataclass
+class TargetResult:
+    """Everything measured for one target, or why it was skipped."""
+
+    name: str
+    description: str
+    unique_prompts: bool
+    cells: list[CellResult] = field(default_factory=list)
+    ttfb: TtfbResult | None = None
+    skipped: str | None = None
+
+    def cell(self, concurrency: int) -> CellResult | None:
+        """The measurement at `concurrency`, if any."""
+        return next((c for c in self.cells if c.concurrency == concurrency), None)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One target verdict: `passed` is None when it could not be judged."""
+
+    label: str
+    value: str
+    passed: bool | None
+
+
+class Server:
+    """A benchmark server subprocess on a loopback port, its output kept in a log file."""
+
+    def __init__(self, name: str, command: list[str], port: int, logdir: Path) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.log_path = logdir / f"{name}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_healthy(self, path: str, accept: frozenset[int], timeout: float) -> str | None:
+        """Poll `path` until it answers a status in `accept`; else say what went wrong."""
+        # No proxy handler: an HTTP(S)_PROXY in the environment must not capture loopback calls.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                return f"exited with code {code}"
+            try:
+                with opener.open(self.url + path, timeout=1.0) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:  # not listening yet
+                status = None
+            if status in accept:
+                return None
+            time.sleep(0.05)
+        return f"not healthy within {timeout:.0f} s"
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the process has used so far, from /proc (Linux)."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return math.nan
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the process's output, for a failure message."""
+        text = self.log_path.read_text(errors="replace").rstrip().splitlines()
+        return "\n".join("    | " + line for line in text[-lines:]) or "    | (no output)"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 5 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    """A free loopback port.
+
+    The port is released before the server binds it; on an otherwise idle loopback nothing
+    takes it in between, and a collision would show up as a failed health check.
+    """
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def aigw_command(override: str | None) -> list[str] | None:
+    """How to start aigw: --aigw, else the console script, else `python -m aigw`."""
+    if override:
+        return shlex.split(override)
+    script = shutil.which("aigw") or shutil.which("aigw", path=str(Path(sys.executable).parent))
+    if script:
+        return [script]
+    if importlib.util.find_spec("aigw") is not None:
+        return [sys.executable, "-m", "aigw"]
+    return None
+
+
+def write_conf(scenario: Scenario, workdir: Path, port: int, upstream: str) -> Path:
+    """Write the scenario's conf.d files and return the directory."""
+    conf_dir = workdir / scenario.name / "conf.d"
+    conf_dir.mkdir(parents=True)
+    for file_name, text in scenario.conf.items():
+        content = Template(text).substitute(port=port, upstream=upstream)
+        (conf_dir / file_name).write_text(content)
+    return conf_dir
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr so stdout holds only the report."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(
+    result: TargetResult,
+    url: str,
+    target: Server,
+    upstream: Server,
+    generator: Generator,
+    runner: asyncio.Runner,
+    args: argparse.Namespace,
+) -> None:
+    """Check, warm up and measure one running target, filling `result` in."""
+    problem = runner.run(check_target(url, result.unique_prompts))
+    if problem is not None:
+        result.skipped = f"wrong answer: {problem}"
+        progress(f"  skipped {result.name}: {result.skipped}")
+        return
+    for concurrency in args.concurrency:
+        if args.warmup > 0:
+            # Warm at the same concurrency so the target's upstream pool already holds as many
+            # connections as the measurement needs.
+            generator.run(
+                url, Bodies(unique=result.unique_prompts, stream=False), concurrency, args.warmup
+            )
+        target_cpu, upstream_cpu = target.cpu_s(), upstream.cpu_s()
+        cell = generator.run(
+            url, Bodies(unique=result.unique_prompts, stream=False), concurrency, args.duration
+        )
+        cell = dataclasses.replace(
+            cell,
+            target_cpu_s=target.cpu_s() - target_cpu,
+            upstream_cpu_s=upstream.cpu_s() - upstream_cpu,
+        )
+        result.cells.append(cell)
+        progress(
+            f"  c={concurrency:<3} {cell.rps:9.0f} req/s  p50 {cell.p50_ms:7.3f} ms  "
+            f"p99 {cell.p99_ms:7.3f} ms  errors {cell.errors}"
+        )
+    result.ttfb = runner.run(
+        measure_ttfb(
+            url,
+            Bodies(unique=result.unique_prompts, stream=True),
+            warmup=min(args.warmup, 1.0),
+            seconds=args.ttfb_duration,
+        )
+    )
+    progress(f"  stream ttfb p50 {result.ttfb.p50_ms:.3f} ms  errors {result.ttfb.errors}")
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _cpu_us_per_request(cell: CellResult, seconds: float) -> float:
+    return seconds / cell.requests * 1e6 if cell.requests else math.nan
+
+
+def report_table(results: list[TargetResult], concurrencies: list[int]) -> str:
+    """Side-by-side table: one row per target, a column group per concurrency."""
+    top = max(concurrencies)
+    name_width = max(len(r.name) for r in results) + 2
+    groups = "".join(f"{'c=' + str(c):^26}" for c in concurrencies)
+    head1 = f"{'':<{name_width}}{groups}  {'c=' + str(top):>11}  {'stream c=1':>10}"
+    head2 = (
+        f"{'target':<{name_width}}"
+        + "".join(f"{'req/s':>9}{'p50 ms':>8}{'p99 ms':>9}" for _ in concurrencies)
+        + f"  {'cpu us/req':>11}  {'ttfb p50':>10}"
+    )
+    lines = [head1, head2, "-" * len(head2)]
+    for result in results:
+        if result.skipped is not None:
+            lines.append(f"{result.name:<{name_width}}skipped: {result.skipped.splitlines()[0]}")
+            continue
+        row = f"{result.name:<{name_width}}"
+        for concurrency in concurrencies:
+            cell = result.cell(concurrency)
+            flag = "!" if cell is not None and cell.errors else " "
+            row += (
+                f"{cell.rps:>8.0f}{flag}{cell.p50_ms:>8.3f}{cell.p99_ms:>9.3f}"
+                if cell is not None
+                else f"{'-':>9}{'-':>8}{'-':>9}"
+            )
+        top_cell = result.cell(top)
+        cpu = _cpu_us_per_request(top_cell, top_cell.target_cpu_s) if top_cell else math.nan
+        ttfb = result.ttfb.p50_ms if result.ttfb is not None else math.nan
+        lines.append(row + f"  {_fmt(cpu, 0):>11}  {_fmt(ttfb, 3):>10}")
+    return "\n".join(lines)
+
+
+def ratios(results: list[TargetResult], concurrencies: list[int]) -> dict[str, dict[str, float]]:
+    """Per target, against the bare proxy: req/s ratio at the top concurrency, added p50 ms at
+    the lowest, added stream TTFB p50 ms. Empty when the bare proxy was not measured."""
+    by_name = {r.name: r for r in results if r.skipped is None}
+    bare = by_name.get("bare")
+    if bare is None:
+        return {}
+    low, top = min(concurrencies), max(concurrencies)
+    out: dict[str, dict[str, float]] = {}
+    for result in by_name.values():
+        if result is bare:
+            continue
+        values = {"rps_ratio": math.nan, "added_p50_ms": math.nan, "added_ttfb_ms": math.nan}
+        cell, bare_cell = result.cell(top), bare.cell(top)
+        if cell is not None and bare_cell is not None and bare_cell.rps > 0:
+            values["rps_ratio"] = cell.rps / bare_cell.rps
+        cell, bare_cell = result.cell(low), bare.cell(low)
+        if cell is not None and bare_cell is not None:
+            values["added_p50_ms"] = cell.p50_ms - bare_cell.p50_ms
+        if result.ttfb is not None and bare.ttfb is not None:
+            values["added_ttfb_ms"] = result.ttfb.p50_ms - bare.ttfb.p50_ms
+        out[result.name] = values
+    return out
+
+
+def checks(
+    vs_bare: dict[str, dict[str, float]], concurrencies: list[int], measured: set[str]
+) -> list[Check]:
+    """The three aigw targets, judged on the shipped-pipeline scenario."""
+    low, top = min(concurrencies), max(concurrencies)
+    # (label, key in vs_bare, format, limit, True when the value must reach the limit)
+    specs = (
+        (f"req/s at c={top} >= {MIN_RPS_RATIO}x bare", "rps_ratio", "{:.2f}x", MIN_RPS_RATIO, True),
+        (
+            f"added p50 at c={low} <= {MAX_ADDED_P50_MS} ms",
+            "added_p50_ms",
+            "{:+.3f} ms",
+            MAX_ADDED_P50_MS,
+            False,
+        ),
+        (
+            f"added stream TTFB <= {MAX_ADDED_TTFB_MS} ms",
+            "added_ttfb_ms",
+            "{:+.3f} ms",
+            MAX_ADDED_TTFB_MS,
+            False,
+        ),
+    )
+    values = vs_bare.get(SHIPPED, {})
+    why = (
+        f"{SHIPPED} not measured"
+        if SHIPPED not in measured
+        else "bare not measured"
+        if "bare" not in measured
+        else "no value"
+    )
+    out = []
+    for label, key, fmt, limit, at_least in specs:
+        value = values.get(key, math.nan)
+        if math.isnan(value):
+            out.append(Check(label, why, None))
+        else:
+            passed = value >= limit if at_least else value <= limit
+            out.append(Check(label, fmt.format(value), passed))
+    return out
+
+
+def print_report(
+    meta: dict[str, object],
+    results: list[TargetResult],
+    vs_bare: dict[str, dict[str, float]],
+    verdicts: list[Check],
+    concurrencies: list[int],
+) -> None:
+    """Print the whole report to stdout."""
+    low, top = min(concurrencies), max(concurrencies)
+    print()
+    print(
+        f"load generator: {meta['generator']}; servers on {meta['event_loop']}; "
+        f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up; "
+        f"{meta['cpus']} CPUs"
+    )
+    print(
+        "non-stream chat completions, closed loop; cpu us/req = the target process's CPU "
+        "per request; ttfb = first SSE data event, ms"
+    )
+    print()
+    print(report_table(results, concurrencies))
+    if any(c.errors for r in results for c in r.cells):
+        print("! = some requests failed in that cell; see --json for counts")
+    print()
+    if vs_bare:
+        width = max(len(name) for name in vs_bare) + 2
+        print(
+            f"{'vs bare':<{width}}{'req/s ratio c=' + str(top):>18}"
+            f"{'+p50 ms c=' + str(low):>14}{'+ttfb ms':>10}"
+        )
+        for name, values in vs_bare.items():
+            print(
+                f"{name:<{width}}{_fmt(values['rps_ratio'], 2):>18}"
+                f"{_fmt(values['added_p50_ms'], 3):>14}{_fmt(values['added_ttfb_ms'], 3):>10}"
+            )
+    else:
+        print("vs bare: not available (bare proxy not measured)")
+    print()
+    print(f"targets ({SHIPPED} vs bare):")
+    for check in verdicts:
+        verdict = {True: "PASS", False: "FAIL", None: "NOT JUDGED"}[check.passed]
+        print(f"  {check.label:<32}{check.value:>24}  {verdict}")
+    print(f"\nwall time {meta['wall_time_s']:.0f} s")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command line options; --concurrency and --only are comma-separated lists."""
+    known = [*BASE_TARGETS, *(s.name for s in SCENARIOS)]
+    default_only = [*BASE_TARGETS, *(s.name for s in SCENARIOS if s.default)]
+    parser = argparse.ArgumentParser(
+        description="Benchmark aigw against a bare aiohttp proxy and the upstream itself.",
+        epilog="targets: " + ", ".join(known),
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per cell (default 5)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="warm-up seconds before each cell (default 1)"
+    )
+    parser.add_argument(
+        "--ttfb-duration",
+        type=float,
+        default=2.0,
+        help="seconds of sequential streamed requests per target (default 2)",
+    )
+    parser.add_argument(
+        "--concurrency", default="1,16,64", help="comma-separated concurrencies (default 1,16,64)"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(default_only),
+        help=f"comma-separated targets (default {','.join(default_only)})",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: auto = wrk if on PATH, else python",
+    )
+    parser.add_argument(
+        "--aigw",
+        default=None,
+        help="command that starts aigw (default: aigw script, or python -m aigw)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument("--list", action="store_true", help="list the targets and exit")
+    args = parser.parse_args(argv)
+    try:
+        args.concurrency = sorted({int(c) for c in args.concurrency.split(",") if c.strip()})
+    except ValueError:
+        parser.error("--concurrency takes comma-separated integers")
+    if not args.concurrency or min(args.concurrency) < 1:
+        parser.error("--concurrency needs at least one value >= 1")
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - set(known)
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    # Always measure in the canonical order, so tables from different runs line up.
+    args.only = [name for name in known if name in only]
+    if args.duration < 1 or args.warmup < 0:
+        parser.error("--duration must be >= 1 and --warmup >= 0 (whole seconds, as wrk takes)")
+    return args
+
+
+def pick_generator(choice: str, runner: asyncio.Runner, workdir: Path, loop: str) -> Generator:
+    """wrk when asked or, for auto, when installed; the Python generator otherwise."""
+    wrk = shutil.which("wrk")
+    if choice == "wrk" and wrk is None:
+        raise SystemExit("--generator wrk: wrk is not on PATH (apt-get install -y wrk)")
+    if choice != "python" and wrk is not None:
+        return WrkGenerator(wrk, workdir)
+    return PythonGenerator(runner, loop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the report; 1 when the upstream cannot start."""
+    args = parse_args(argv)
+    if args.list:
+        for name, description in BASE_TARGETS.items():
+            print(f"{name:<24}{description}")
+        for listed in SCENARIOS:
+            extra = "" if listed.default else " [only with --only]"
+            print(f"{listed.name:<24}{listed.description}{extra}")
+        return 0
+    started = time.monotonic()
+    loop = loop_name()
+    with ExitStack() as stack, asyncio.Runner(loop_factory=new_event_loop) as runner:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aigw-bench-")))
+        generator = pick_generator(args.generator, runner, workdir, loop)
+        progress(f"load generator: {generator.description}")
+
+        port = free_port()
+        upstream = Server(
+            "upstream",
+            [sys.executable, "-m", "benchmarks.upstream", "--host", HOST, "--port", str(port)],
+            port,
+            workdir,
+        )
+        stack.callback(upstream.stop)
+        problem = upstream.wait_healthy("/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S)
+        if problem is not None:
+            progress(f"upstream {problem}:\n{upstream.log_tail()}")
+            return 1
+
+        results: list[TargetResult] = []
+        scenarios = {s.name: s for s in SCENARIOS}
+        for name in args.only:
+            scenario = scenarios.get(name)
+            result = TargetResult(
+                name=name,
+                description=scenario.description if scenario else BASE_TARGETS[name],
+                unique_prompts=scenario.unique_prompts if scenario else True,
+            )
+            results.append(result)
+            progress(f"{name}: {result.description}")
+            if name == "direct":
+                measure(result, upstream.url, upstream, upstream, generator, runner, args)
+                continue
+            port = free_port()
+            if scenario is None:
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.bare_proxy",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    upstream.url,
+                ]
+                health, accept, timeout = "/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S
+            else:
+                base = aigw_command(args.aigw)
+                if base is None:
+                    result.skipped = "aigw not found (no aigw script, no importable aigw package)"
+                    progress(f"  skipped: {result.skipped}")
+                    continue
+                conf_dir = write_conf(scenario, workdir, port, upstream.url)
+                command = [
+                    *base,
+                    "-c",
+                    str(conf_dir),
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
+                health, accept, timeout = "/healthz", frozenset({200}), AIGW_HEALTH_TIMEOUT_S
+            try:
+                server = Server(name, command, port, workdir)
+            except OSError as exc:
+                result.skipped = f"cannot start {shlex.join(command)}: {exc}"
+                progress(f"  skipped: {result.skipped}")
+                continue
+            try:
+                problem = server.wait_healthy(health, accept, timeout)
+                if problem is not None:
+                    result.skipped = f"{problem}: {shlex.join(command)}"
+                    progress(f"  skipped: {result.skipped}\n{server.log_tail()}")
+                    continue
+                measure(result, server.url, server, upstream, generator, runner, args)
+            finally:
+                server.stop()
+
+        measured = {r.name for r in results if r.skipped is None}
+        vs_bare = ratios(results, args.concurrency)
+        verdicts = checks(vs_bare, args.concurrency, measured)
+        meta: dict[str, object] = {
+            "generator": generator.description,
+            "generator_name": generator.name,
+            "event_loop": loop,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "ttfb_duration_s": args.ttfb_duration,
+            "concurrency": args.concurrency,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_time_s": time.monotonic() - started,
+        }
+        print_report(meta, results, vs_bare, verdicts, args.concurrency)
+        if args.json is not None:
+            document = {
+                "meta": meta,
+                "targets": [dataclasses.asdict(r) for r in results],
+                "vs_bare": vs_bare,
+                "checks": [dataclasses.asdict(c) for c in verdicts],
+            }
+            # NaN (an unmeasured value) becomes null so the file is strict JSON.
+            args.json.write_text(json.dumps(_nan_to_none(document), indent=2) + "\n")
+    return 0
+
+
+def _nan_to_none(value: object) -> object:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Turning an upstream answer into the client's reply, and recording what it was.
+
+Streams are relayed event by event as they arrive (the first token is not held back), parsed on
+the way so the gateway knows the usage and can rebuild the whole answer for the caches. The
+usage-only chunk the proxy asked for is dropped unless the client asked for it too. A stream
+that ends before ``[DONE]`` or breaks is an :class:`~aigw.errors.UpstreamError`: the client
+sees an error event and the answer is never marked complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from aigw.completion import StreamAssembler
+from aigw.context import RequestContext
+from aigw.errors import UpstreamError, UpstreamTimeout, error_body
+from aigw.sse import DONE, SSEParser
+
+
+async def relay_stream(
+    ctx: RequestContext, source: AsyncIterator[bytes], client_wants_usage: bool, provider: str
+) -> AsyncIterator[bytes]:
+    """Yield one SSE event at a time from ``source``; set ``ctx.usage``/``ctx.completion``."""
+    parser = SSEParser()
+    assembler = StreamAssembler() if ctx.api == "chat.completions" else None
+    try:
+        async for raw in source:
+            for event in parser.feed(raw):
+                data = event.data
+                if data == b"[DONE]":
+                    if assembler is not None and assembler.finished:
+                        ctx.completion = assembler.result()
+                    yield DONE
+                    return
+                chunk = _parse(data)
+                if chunk is None:
+                    yield b"data: " + data + b"\n\n"
+                    continue
+                if "error" in chunk:
+                    raise UpstreamError(f"upstream {provider} failed mid-stream: {chunk['error']}")
+                usage = chunk.get("usage")
+                if usage:
+                    ctx.usage = usage
+                if assembler is not None:
+                    assembler.feed(chunk)
+                if usage and not chunk.get("choices") and not client_wants_usage:
+                    continue
+                yield b"data: " + data + b"\n\n"
+    except TimeoutError as err:
+        raise UpstreamTimeout(f"upstream {provider} stalled mid-stream") from err
+    except aiohttp.ClientError as err:
+        raise UpstreamError(f"upstream {provider} broke the stream: {err!r}") from err
+    raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+async def response_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body of an upstream response as it arrives; closes the connection if abandoned."""
+    try:
+        async for raw in resp.content.iter_any():
+            yield raw
+    finally:
+        # Fully read: back to the pool. Abandoned (client gone, error): close, which tells
+        # the upstream to stop generating.
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+
+
+def record_body(ctx: RequestContext, status: int, body: bytes) -> bytes:
+    """Note usage and the completion of a whole body; make error bodies OpenAI-shaped."""
+    obj = _parse(body)
+    if status != 200:
+        if obj is not None and isinstance(obj.get("error"), dict):
+            return body
+        text = body.decode("utf-8", "replace").strip()[:500] or f"upstream status {status}"
+        return error_body(text, "upstream_error", f"upstream_{status}")
+    if obj is not None:
+        ctx.usage = obj.get("usage") or None
+        if obj.get("object") == "chat.completion":
+            ctx.completion = obj
+    return body

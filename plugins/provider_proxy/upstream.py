@@ -1,0 +1,117 @@
+"""Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts.
+
+Retries happen only here, before anything reached the client: on connection errors and
+connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds) and on 5xx,
+with exponential backoff, moving to the next API key each time. A 4xx other than 429 is the
+client's problem and is returned at once, without blaming the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+import aiohttp
+
+from aigw.context import Api
+from aigw.errors import UpstreamError, UpstreamTimeout
+
+from .config import ProviderConfig
+
+log = logging.getLogger("aigw.provider_proxy")
+
+_PATHS: dict[Api, str] = {
+    "chat.completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+}
+# Retry-After above this is not waited for: the client (or a fallback) gets the 429 now.
+_MAX_RETRY_AFTER_S = 2.0
+
+
+class Upstream:
+    """An HTTP upstream built from a :class:`ProviderConfig` (any type but ``mock``)."""
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._keys = itertools.cycle(cfg.keys or [""])
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
+        )
+
+    def url(self, api: Api, model: str) -> str:
+        """The endpoint for ``api`` (Azure puts the deployment in the path)."""
+        if self.cfg.type == "azure":
+            return (
+                f"{self.cfg.url}/openai/deployments/{model}{_PATHS[api]}"
+                f"?api-version={self.cfg.api_version}"
+            )
+        return self.cfg.url + _PATHS[api]
+
+    def _auth(self, key: str) -> dict[str, str]:
+        if not key:
+            return {}
+        if self.cfg.type == "azure":
+            return {"api-key": key}
+        return {"Authorization": f"Bearer {key}"}
+
+    async def post(
+        self,
+        session: aiohttp.ClientSession,
+        api: Api,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> aiohttp.ClientResponse:
+        """POST with retries; returns the final response (its body not yet read).
+
+        Raises :class:`UpstreamError` (unreachable) or :class:`UpstreamTimeout`.
+        """
+        url = self.url(api, model)
+        base = {**headers, **self.cfg.headers, "Content-Type": "application/json"}
+        attempts = self.cfg.max_retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = await session.post(
+                    url,
+                    data=body,
+                    headers={**base, **self._auth(next(self._keys))},
+                    timeout=self._timeout,
+                )
+            except aiohttp.ServerTimeoutError as err:
+                if isinstance(err, aiohttp.ConnectionTimeoutError) and not last:
+                    await self._backoff(attempt, None, f"connect timeout: {err}")
+                    continue
+                raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
+            except aiohttp.ClientError as err:
+                if last:
+                    raise UpstreamError(f"upstream {self.name} is unreachable: {err}") from err
+                await self._backoff(attempt, None, f"connection error: {err}")
+                continue
+            if last or not _retryable(resp):
+                return resp
+            retry_after = _retry_after(resp)
+            if retry_after is not None and retry_after > _MAX_RETRY_AFTER_S:
+                return resp
+            resp.release()
+            await self._backoff(attempt, retry_after, f"status {resp.status}")
+        raise AssertionError("unreachable")  # the last attempt always returns or raises
+
+    async def _backoff(self, attempt: int, retry_after: float | None, why: str) -> None:
+        delay = max(self.cfg.retry_backoff_s * (2**attempt), retry_after or 0.0)
+        log.warning("upstream %s: %s; retry %d in %.2fs", self.name, why, attempt + 1, delay)
+        await asyncio.sleep(delay)
+
+
+def _retryable(resp: aiohttp.ClientResponse) -> bool:
+    return resp.status == 429 or resp.status >= 500
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    try:
+        return float(resp.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
