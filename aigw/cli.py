@@ -9,11 +9,11 @@ through SO_REUSEPORT; state that must be shared between them lives in Redis and 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from aigw import __version__
@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides gateway.workers)")
     parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="overrides gateway.log_level"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="overrides gateway.log_level",
     )
     return parser
 
@@ -129,10 +131,6 @@ def serve(config: Config) -> int:
 
 
 def _run_worker(config: Config, reuse_port: bool) -> None:
-    from aiohttp import web
-
-    from aigw.app import create_app
-
     _setup_logging(config.gateway.log_level)
     try:
         import uvloop  # optional speed-up: the `speed` extra
@@ -141,17 +139,33 @@ def _run_worker(config: Config, reuse_port: bool) -> None:
     except ImportError:
         pass
     if reuse_port:
-        # Each worker ignores SIGINT so Ctrl-C reaches the parent, which terminates them all.
+        # Ctrl-C reaches the parent, which terminates every worker with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(_serve(config, reuse_port))
+
+
+async def _serve(config: Config, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from aigw.app import create_app
+
     g = config.gateway
-    log.info("aigw %s serving %s on http://%s:%d", __version__, Path(config.source), g.host, g.port)
-    web.run_app(
+    runner = web.AppRunner(
         create_app(config),
-        host=g.host,
-        port=g.port,
-        reuse_port=reuse_port,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call
-        shutdown_timeout=g.shutdown_timeout_s,
         access_log=None,
-        print=None,
+        shutdown_timeout=g.shutdown_timeout_s,
     )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, g.host, g.port, reuse_port=reuse_port).start()
+        for host, port, *_ in runner.addresses:
+            log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests and write-backs")
+    finally:
+        await runner.cleanup()

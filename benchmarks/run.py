@@ -24,6 +24,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -140,20 +141,67 @@ SCENARIOS: tuple[Scenario, ...] = (
 BASE_TARGETS = {"direct": "the mock upstream, no proxy", "bare": "bare aiohttp pass-through proxy"}
 
 
+def _median_cell(cells: list[CellResult]) -> CellResult:
+    """Rounds of one cell: counts and CPU seconds add up, rates and latencies take the median."""
+    return CellResult(
+        concurrency=cells[0].concurrency,
+        requests=sum(c.requests for c in cells),
+        errors=sum(c.errors for c in cells),
+        seconds=sum(c.seconds for c in cells),
+        rps=statistics.median(c.rps for c in cells),
+        p50_ms=statistics.median(c.p50_ms for c in cells),
+        p99_ms=statistics.median(c.p99_ms for c in cells),
+        generator_cpu_s=sum(c.generator_cpu_s for c in cells),
+        target_cpu_s=sum(c.target_cpu_s for c in cells),
+        upstream_cpu_s=sum(c.upstream_cpu_s for c in cells),
+    )
+
+
 @dataclass
-class TargetResult:
-    """Everything measured for one target, or why it was skipped."""
+class Target:
+    """One thing to measure: its server while it runs, its results per round, or why skipped."""
 
     name: str
     description: str
     unique_prompts: bool
-    cells: list[CellResult] = field(default_factory=list)
-    ttfb: TtfbResult | None = None
+    server: Server | None = None
     skipped: str | None = None
+    rounds: dict[int, list[CellResult]] = field(default_factory=dict)
+    ttfb_rounds: list[TtfbResult] = field(default_factory=list)
 
     def cell(self, concurrency: int) -> CellResult | None:
-        """The measurement at `concurrency`, if any."""
-        return next((c for c in self.cells if c.concurrency == concurrency), None)
+        """The measurement at `concurrency`, the median over rounds."""
+        cells = self.rounds.get(concurrency)
+        return _median_cell(cells) if cells else None
+
+    def ttfb(self) -> TtfbResult | None:
+        """The streamed time-to-first-byte, the median over rounds."""
+        if not self.ttfb_rounds:
+            return None
+        return TtfbResult(
+            requests=sum(t.requests for t in self.ttfb_rounds),
+            errors=sum(t.errors for t in self.ttfb_rounds),
+            p50_ms=statistics.median(t.p50_ms for t in self.ttfb_rounds),
+            p99_ms=statistics.median(t.p99_ms for t in self.ttfb_rounds),
+        )
+
+    def to_json(self, concurrencies: list[int]) -> dict[str, object]:
+        """Combined and per-round numbers, for --json."""
+        cells = (self.cell(c) for c in concurrencies)
+        ttfb = self.ttfb()
+        return {
+            "name": self.name,
+            "description": self.description,
+            "unique_prompts": self.unique_prompts,
+            "skipped": self.skipped,
+            "cells": [dataclasses.asdict(cell) for cell in cells if cell is not None],
+            "ttfb": dataclasses.asdict(ttfb) if ttfb is not None else None,
+            "rounds": {
+                str(c): [dataclasses.asdict(cell) for cell in cells]
+                for c, cells in self.rounds.items()
+            },
+            "ttfb_rounds": [dataclasses.asdict(t) for t in self.ttfb_rounds],
+        }
 
 
 @dataclass(frozen=True)
@@ -263,51 +311,86 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(
-    result: TargetResult,
-    url: str,
-    target: Server,
+def start_target(
+    target: Target,
+    upstream: Server,
+    args: argparse.Namespace,
+    workdir: Path,
+    stack: ExitStack,
+    runner: asyncio.Runner,
+) -> None:
+    """Start the target's server, wait until healthy and check its answers.
+
+    Sets `target.server`, or `target.skipped` with the reason (and prints the server's output).
+    """
+    scenario = next((s for s in SCENARIOS if s.name == target.name), None)
+    if target.name == "direct":
+        server = upstream
+    else:
+        port = free_port()
+        if scenario is None:
+            command = [sys.executable, "-m", "benchmarks.bare_proxy", "--host", HOST,
+                       "--port", str(port), "--upstream", upstream.url]
+            health, accept, timeout = "/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S
+        else:
+            base = aigw_command(args.aigw)
+            if base is None:
+                target.skipped = "aigw not found (no aigw script, no importable aigw package)"
+                progress(f"skipped {target.name}: {target.skipped}")
+                return
+            conf_dir = write_conf(scenario, workdir, port, upstream.url)
+            command = [*base, "-c", str(conf_dir), "--host", HOST, "--port", str(port),
+                       "--log-level", "warning"]
+            health, accept, timeout = "/healthz", frozenset({200}), AIGW_HEALTH_TIMEOUT_S
+        try:
+            server = Server(target.name, command, port, workdir)
+        except OSError as exc:
+            target.skipped = f"cannot start: {exc}"
+            progress(f"skipped {target.name}: {target.skipped}\n    command: {shlex.join(command)}")
+            return
+        stack.callback(server.stop)
+        problem = server.wait_healthy(health, accept, timeout)
+        if problem is not None:
+            server.stop()
+            target.skipped = problem
+            progress(f"skipped {target.name}: {problem}\n    command: {shlex.join(command)}\n"
+                     f"{server.log_tail()}")
+            return
+    problem = runner.run(check_target(server.url, target.unique_prompts))
+    if problem is not None:
+        if server is not upstream:
+            server.stop()
+        target.skipped = f"wrong answer: {problem}"
+        progress(f"skipped {target.name}: {target.skipped}")
+        return
+    target.server = server
+    progress(f"started {target.name} on {server.url}: {target.description}")
+
+
+def measure_cell(
+    target: Target,
+    server: Server,
     upstream: Server,
     generator: Generator,
-    runner: asyncio.Runner,
+    concurrency: int,
     args: argparse.Namespace,
-) -> None:
-    """Check, warm up and measure one running target, filling `result` in."""
-    problem = runner.run(check_target(url, result.unique_prompts))
-    if problem is not None:
-        result.skipped = f"wrong answer: {problem}"
-        progress(f"  skipped {result.name}: {result.skipped}")
-        return
-    for concurrency in args.concurrency:
-        if args.warmup > 0:
-            # Warm at the same concurrency so the target's upstream pool already holds as many
-            # connections as the measurement needs.
-            generator.run(
-                url, Bodies(unique=result.unique_prompts, stream=False), concurrency, args.warmup
-            )
-        target_cpu, upstream_cpu = target.cpu_s(), upstream.cpu_s()
-        cell = generator.run(
-            url, Bodies(unique=result.unique_prompts, stream=False), concurrency, args.duration
+) -> CellResult:
+    """Warm up, then measure one target at one concurrency, with the servers' CPU use."""
+    if args.warmup > 0:
+        # Warm at the same concurrency so the target's upstream pool already holds as many
+        # connections as the measurement needs.
+        generator.run(
+            server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.warmup
         )
-        cell = dataclasses.replace(
-            cell,
-            target_cpu_s=target.cpu_s() - target_cpu,
-            upstream_cpu_s=upstream.cpu_s() - upstream_cpu,
-        )
-        result.cells.append(cell)
-        progress(
-            f"  c={concurrency:<3} {cell.rps:9.0f} req/s  p50 {cell.p50_ms:7.3f} ms  "
-            f"p99 {cell.p99_ms:7.3f} ms  errors {cell.errors}"
-        )
-    result.ttfb = runner.run(
-        measure_ttfb(
-            url,
-            Bodies(unique=result.unique_prompts, stream=True),
-            warmup=min(args.warmup, 1.0),
-            seconds=args.ttfb_duration,
-        )
+    target_cpu, upstream_cpu = server.cpu_s(), upstream.cpu_s()
+    cell = generator.run(
+        server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.duration
     )
-    progress(f"  stream ttfb p50 {result.ttfb.p50_ms:.3f} ms  errors {result.ttfb.errors}")
+    return dataclasses.replace(
+        cell,
+        target_cpu_s=server.cpu_s() - target_cpu,
+        upstream_cpu_s=upstream.cpu_s() - upstream_cpu,
+    )
 
 
 def _fmt(value: float, digits: int) -> str:
@@ -318,7 +401,7 @@ def _cpu_us_per_request(cell: CellResult, seconds: float) -> float:
     return seconds / cell.requests * 1e6 if cell.requests else math.nan
 
 
-def report_table(results: list[TargetResult], concurrencies: list[int]) -> str:
+def report_table(results: list[Target], concurrencies: list[int]) -> str:
     """Side-by-side table: one row per target, a column group per concurrency."""
     top = max(concurrencies)
     name_width = max(len(r.name) for r in results) + 2
@@ -345,12 +428,13 @@ def report_table(results: list[TargetResult], concurrencies: list[int]) -> str:
             )
         top_cell = result.cell(top)
         cpu = _cpu_us_per_request(top_cell, top_cell.target_cpu_s) if top_cell else math.nan
-        ttfb = result.ttfb.p50_ms if result.ttfb is not None else math.nan
+        ttfb_result = result.ttfb()
+        ttfb = ttfb_result.p50_ms if ttfb_result is not None else math.nan
         lines.append(row + f"  {_fmt(cpu, 0):>11}  {_fmt(ttfb, 3):>10}")
     return "\n".join(lines)
 
 
-def ratios(results: list[TargetResult], concurrencies: list[int]) -> dict[str, dict[str, float]]:
+def ratios(results: list[Target], concurrencies: list[int]) -> dict[str, dict[str, float]]:
     """Per target, against the bare proxy: req/s ratio at the top concurrency, added p50 ms at
     the lowest, added stream TTFB p50 ms. Empty when the bare proxy was not measured."""
     by_name = {r.name: r for r in results if r.skipped is None}
@@ -369,8 +453,9 @@ def ratios(results: list[TargetResult], concurrencies: list[int]) -> dict[str, d
         cell, bare_cell = result.cell(low), bare.cell(low)
         if cell is not None and bare_cell is not None:
             values["added_p50_ms"] = cell.p50_ms - bare_cell.p50_ms
-        if result.ttfb is not None and bare.ttfb is not None:
-            values["added_ttfb_ms"] = result.ttfb.p50_ms - bare.ttfb.p50_ms
+        ttfb, bare_ttfb = result.ttfb(), bare.ttfb()
+        if ttfb is not None and bare_ttfb is not None:
+            values["added_ttfb_ms"] = ttfb.p50_ms - bare_ttfb.p50_ms
         out[result.name] = values
     return out
 
@@ -419,7 +504,7 @@ def checks(
 
 def print_report(
     meta: dict[str, object],
-    results: list[TargetResult],
+    results: list[Target],
     vs_bare: dict[str, dict[str, float]],
     verdicts: list[Check],
     concurrencies: list[int],
@@ -438,7 +523,7 @@ def print_report(
     )
     print()
     print(report_table(results, concurrencies))
-    if any(c.errors for r in results for c in r.cells):
+    if any(c.errors for r in results for cells in r.rounds.values() for c in cells):
         print("! = some requests failed in that cell; see --json for counts")
     print()
     if vs_bare:
@@ -529,23 +614,62 @@ def pick_generator(choice: str, runner: asyncio.Runner, workdir: Path, loop: str
     return PythonGenerator(runner, loop)
 
 
+def measure_all(
+    live: list[tuple[Target, Server]],
+    upstream: Server,
+    generator: Generator,
+    runner: asyncio.Runner,
+    args: argparse.Namespace,
+) -> None:
+    """Measure every running target, interleaved.
+
+    Cells of different targets alternate (all targets at c=1, then all at c=16, ...) and whole
+    rounds repeat, so a burst of background load on the shared machine spreads over the targets
+    instead of biasing the one that happened to run then.
+    """
+    for round_no in range(1, args.rounds + 1):
+        tag = f"[{round_no}/{args.rounds}] " if args.rounds > 1 else ""
+        for concurrency in args.concurrency:
+            for target, server in live:
+                cell = measure_cell(target, server, upstream, generator, concurrency, args)
+                target.rounds.setdefault(concurrency, []).append(cell)
+                progress(
+                    f"{tag}{target.name:<24} c={concurrency:<3} {cell.rps:8.0f} req/s  "
+                    f"p50 {cell.p50_ms:7.3f} ms  p99 {cell.p99_ms:7.3f} ms  errors {cell.errors}"
+                )
+        for target, server in live:
+            ttfb = runner.run(
+                measure_ttfb(
+                    server.url,
+                    Bodies(unique=target.unique_prompts, stream=True),
+                    warmup=min(args.warmup, 1.0),
+                    seconds=args.ttfb_duration,
+                )
+            )
+            target.ttfb_rounds.append(ttfb)
+            progress(f"{tag}{target.name:<24} stream ttfb p50 {ttfb.p50_ms:.3f} ms  "
+                     f"errors {ttfb.errors}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the report; 1 when the upstream cannot start."""
     args = parse_args(argv)
     if args.list:
         for name, description in BASE_TARGETS.items():
             print(f"{name:<24}{description}")
-        for listed in SCENARIOS:
-            extra = "" if listed.default else " [only with --only]"
-            print(f"{listed.name:<24}{listed.description}{extra}")
+        for scenario in SCENARIOS:
+            extra = "" if scenario.default else " [only with --only]"
+            print(f"{scenario.name:<24}{scenario.description}{extra}")
         return 0
     started = time.monotonic()
     loop = loop_name()
+    descriptions = {**BASE_TARGETS, **{s.name: s.description for s in SCENARIOS}}
+    fixed = {s.name for s in SCENARIOS if not s.unique_prompts}
+    targets = [Target(name, descriptions[name], name not in fixed) for name in args.only]
     with ExitStack() as stack, asyncio.Runner(loop_factory=new_event_loop) as runner:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aigw-bench-")))
         generator = pick_generator(args.generator, runner, workdir, loop)
         progress(f"load generator: {generator.description}")
-
         port = free_port()
         upstream = Server(
             "upstream",
@@ -558,97 +682,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             progress(f"upstream {problem}:\n{upstream.log_tail()}")
             return 1
+        # Every target runs for the whole measurement; an idle aiohttp server costs nothing.
+        for target in targets:
+            start_target(target, upstream, args, workdir, stack, runner)
+        live = [(t, t.server) for t in targets if t.server is not None]
+        per_target = len(args.concurrency) * (args.warmup + args.duration)
+        per_target += min(args.warmup, 1.0) + args.ttfb_duration
+        progress(f"measuring {len(live)} target(s), about {per_target * len(live) * args.rounds:.0f} s")
+        measure_all(live, upstream, generator, runner, args)
 
-        results: list[TargetResult] = []
-        scenarios = {s.name: s for s in SCENARIOS}
-        for name in args.only:
-            scenario = scenarios.get(name)
-            result = TargetResult(
-                name=name,
-                description=scenario.description if scenario else BASE_TARGETS[name],
-                unique_prompts=scenario.unique_prompts if scenario else True,
-            )
-            results.append(result)
-            progress(f"{name}: {result.description}")
-            if name == "direct":
-                measure(result, upstream.url, upstream, upstream, generator, runner, args)
-                continue
-            port = free_port()
-            if scenario is None:
-                command = [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.bare_proxy",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--upstream",
-                    upstream.url,
-                ]
-                health, accept, timeout = "/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S
-            else:
-                base = aigw_command(args.aigw)
-                if base is None:
-                    result.skipped = "aigw not found (no aigw script, no importable aigw package)"
-                    progress(f"  skipped: {result.skipped}")
-                    continue
-                conf_dir = write_conf(scenario, workdir, port, upstream.url)
-                command = [
-                    *base,
-                    "-c",
-                    str(conf_dir),
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ]
-                health, accept, timeout = "/healthz", frozenset({200}), AIGW_HEALTH_TIMEOUT_S
-            try:
-                server = Server(name, command, port, workdir)
-            except OSError as exc:
-                result.skipped = f"cannot start {shlex.join(command)}: {exc}"
-                progress(f"  skipped: {result.skipped}")
-                continue
-            try:
-                problem = server.wait_healthy(health, accept, timeout)
-                if problem is not None:
-                    result.skipped = f"{problem}: {shlex.join(command)}"
-                    progress(f"  skipped: {result.skipped}\n{server.log_tail()}")
-                    continue
-                measure(result, server.url, server, upstream, generator, runner, args)
-            finally:
-                server.stop()
-
-        measured = {r.name for r in results if r.skipped is None}
-        vs_bare = ratios(results, args.concurrency)
-        verdicts = checks(vs_bare, args.concurrency, measured)
-        meta: dict[str, object] = {
-            "generator": generator.description,
-            "generator_name": generator.name,
-            "event_loop": loop,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "ttfb_duration_s": args.ttfb_duration,
-            "concurrency": args.concurrency,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "aiohttp": aiohttp.__version__,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_time_s": time.monotonic() - started,
+    measured = {t.name for t, _ in live}
+    vs_bare = ratios(targets, args.concurrency)
+    verdicts = checks(vs_bare, args.concurrency, measured)
+    meta: dict[str, object] = {
+        "generator": generator.description,
+        "generator_name": generator.name,
+        "event_loop": loop,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "ttfb_duration_s": args.ttfb_duration,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_time_s": time.monotonic() - started,
+    }
+    print_report(meta, targets, vs_bare, verdicts, args.concurrency)
+    if args.json is not None:
+        document = {
+            "meta": meta,
+            "targets": [t.to_json(args.concurrency) for t in targets],
+            "vs_bare": vs_bare,
+            "checks": [dataclasses.asdict(c) for c in verdicts],
         }
-        print_report(meta, results, vs_bare, verdicts, args.concurrency)
-        if args.json is not None:
-            document = {
-                "meta": meta,
-                "targets": [dataclasses.asdict(r) for r in results],
-                "vs_bare": vs_bare,
-                "checks": [dataclasses.asdict(c) for c in verdicts],
-            }
-            # NaN (an unmeasured value) becomes null so the file is strict JSON.
-            args.json.write_text(json.dumps(_nan_to_none(document), indent=2) + "\n")
+        # NaN (an unmeasured value) becomes null so the file is strict JSON.
+        args.json.write_text(json.dumps(_nan_to_none(document), indent=2) + "\n")
     return 0
 
 

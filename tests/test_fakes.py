@@ -12,11 +12,8 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
-try:  # works whether or not tests/ becomes a package / is on sys.path
-    from tests.fakes import EMBEDDINGS, FakeLLM
-except ModuleNotFoundError:  # pragma: no cover - depends on the import mode
-    from fakes import EMBEDDINGS, FakeLLM  # type: ignore[no-redef]
+from tests.fakes import EMBEDDINGS, FakeLLM  # tests/ is on sys.path (rootdir-relative, no __init__)
+from openai.types.chat import ChatCompletionMessageParam
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
@@ -38,7 +35,7 @@ async def client(server: TestServer) -> AsyncIterator[openai.AsyncOpenAI]:
         yield c
 
 
-USER = [{"role": "user", "content": "hello there world"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there world"}]
 
 
 async def raw_sse(server: TestServer, body: dict[str, Any]) -> list[str]:
@@ -62,7 +59,7 @@ async def raw_sse(server: TestServer, body: dict[str, Any]) -> list[str]:
 
 
 async def test_chat_non_stream(llm: FakeLLM, client: openai.AsyncOpenAI) -> None:
-    r = await client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
+    r = await client.chat.completions.create(model="gpt-4o-mini", messages=USER)
     assert r.id.startswith("chatcmpl-")
     assert r.object == "chat.completion"
     assert r.model == "gpt-4o-mini"
@@ -74,7 +71,7 @@ async def test_chat_non_stream(llm: FakeLLM, client: openai.AsyncOpenAI) -> None
     assert choice.finish_reason == "stop"
     assert r.usage is not None
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (3, 4, 7)
-    r2 = await client.chat.completions.create(model="gpt-4o", messages=USER)  # type: ignore[arg-type]
+    r2 = await client.chat.completions.create(model="gpt-4o", messages=USER)
     assert r2.id != r.id
     assert r2.choices[0].message.content == "echo[gpt-4o]: hello there world"
     assert llm.chat_calls == 2
@@ -90,7 +87,7 @@ async def test_chat_stream_without_usage(
 ) -> None:
     stream = await client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         stream=True,
     )
     chunks = [c async for c in stream]
@@ -119,7 +116,7 @@ async def test_chat_stream_with_usage(
 ) -> None:
     stream = await client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=USER,  # type: ignore[arg-type]
+        messages=USER,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -144,17 +141,18 @@ async def test_chat_stream_with_usage(
 
 
 async def test_tool_calls_and_finish_reasons(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
-    call = {"id": "call_abc", "type": "function", "function": {"name": "get_weather"}}
-    call["function"]["arguments"] = '{"city": "Paris", "unit": "c"}'
+    args = '{"city": "Paris", "unit": "c"}'
+    function: dict[str, Any] = {"name": "get_weather", "arguments": args}
+    call: dict[str, Any] = {"id": "call_abc", "type": "function", "function": function}
     llm.answer(tool_calls=[call], times=2)
-    r = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    r = await client.chat.completions.create(model="m", messages=USER)
     msg = r.choices[0].message
     assert msg.content is None
     assert r.choices[0].finish_reason == "tool_calls"
     assert msg.tool_calls is not None
     assert msg.tool_calls[0].model_dump() == call
 
-    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
     chunks = [c async for c in stream]
     assert chunks[0].choices[0].delta.content is None
     deltas = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
@@ -162,15 +160,15 @@ async def test_tool_calls_and_finish_reasons(client: openai.AsyncOpenAI, llm: Fa
     assert (deltas[0].id, deltas[0].type) == ("call_abc", "function")
     assert deltas[0].function is not None and deltas[0].function.name == "get_weather"
     assert all(d.index == 0 and d.id is None for d in deltas[1:])
-    args = "".join((d.function.arguments or "") if d.function else "" for d in deltas)
-    assert args == call["function"]["arguments"]
+    streamed = "".join((d.function.arguments or "") if d.function else "" for d in deltas)
+    assert streamed == args
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
     llm.answer("cut", finish_reason="length")
     llm.answer(reasoning_content="think hard", content="42")
-    r = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    r = await client.chat.completions.create(model="m", messages=USER)
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("cut", "length")
-    r = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    r = await client.chat.completions.create(model="m", messages=USER)
     assert r.choices[0].message.content == "42"
     assert r.choices[0].message.model_extra == {"reasoning_content": "think hard"}
     assert llm.pending == 0
@@ -217,12 +215,12 @@ async def test_scripted_errors(client: openai.AsyncOpenAI, llm: FakeLLM) -> None
     llm.fail(400, "bad thing", param="messages", code="bad_code")
     llm.fail(503, times=2)
     with pytest.raises(openai.RateLimitError) as rate:
-        await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=USER)
     assert rate.value.message == "Error code: 429 - Rate limit reached"
     assert rate.value.response.headers["retry-after"] == "7"
     assert rate.value.code == "rate_limit_exceeded"
     with pytest.raises(openai.BadRequestError) as bad:
-        await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=USER, stream=True)
     assert "bad thing" in bad.value.message
     assert (bad.value.type, bad.value.param, bad.value.code) == (
         "invalid_request_error",
@@ -233,13 +231,13 @@ async def test_scripted_errors(client: openai.AsyncOpenAI, llm: FakeLLM) -> None
     await client.embeddings.create(model="e", input="x")
     for _ in range(2):
         with pytest.raises(openai.InternalServerError) as err:
-            await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="m", messages=USER)
         assert err.value.status_code == 503
         assert err.value.type == "server_error"
     llm.fail(500, "emb down", endpoints=frozenset({EMBEDDINGS}))
     with pytest.raises(openai.InternalServerError, match="emb down"):
         await client.embeddings.create(model="e", input="x")
-    ok = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    ok = await client.chat.completions.create(model="m", messages=USER)
     assert ok.choices[0].message.content == "echo[m]: hello there world"
     with pytest.raises(openai.NotFoundError, match="Invalid URL"):
         await client.post("/nothing/here", cast_to=object)
@@ -251,10 +249,10 @@ async def test_auth(aiohttp_server: ServerFactory) -> None:
     base_url = str(server.make_url("/v1"))
     async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError, match="Incorrect API key") as err:
-            await bad.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+            await bad.chat.completions.create(model="m", messages=USER)
     assert (err.value.type, err.value.code) == ("invalid_request_error", "invalid_api_key")
     async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-upstream") as good:
-        await good.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        await good.chat.completions.create(model="m", messages=USER)
     async with (
         aiohttp.ClientSession() as session,
         session.post(server.make_url("/v1/chat/completions"), json={}) as resp,
@@ -267,7 +265,7 @@ async def test_auth(aiohttp_server: ServerFactory) -> None:
 
 async def test_drop_stream(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     llm.drop_stream(after_chunks=2)
-    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
     got = []
     with pytest.raises(openai.APIConnectionError):
         async for chunk in stream:
@@ -275,21 +273,21 @@ async def test_drop_stream(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     assert len(got) == 2
     llm.drop_stream(after_chunks=0)
     with pytest.raises(openai.APIConnectionError):
-        await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
-    ok = await client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=USER)
+    ok = await client.chat.completions.create(model="m", messages=USER)
     assert ok.choices[0].finish_reason == "stop"
 
 
 async def test_slow_times_out(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     llm.slow(0.5)
     with pytest.raises(openai.APITimeoutError):
-        await client.chat.completions.create(model="m", messages=USER, timeout=0.05)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=USER, timeout=0.05)
 
 
 async def test_hold_release_wait_for_calls(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     llm.hold()
     tasks = [
-        asyncio.create_task(client.chat.completions.create(model="m", messages=USER))  # type: ignore[arg-type]
+        asyncio.create_task(client.chat.completions.create(model="m", messages=USER))
         for _ in range(3)
     ]
     await llm.wait_for_calls(3, kind="chat")
@@ -309,7 +307,7 @@ async def test_azure_and_dashscope_paths(llm: FakeLLM, server: TestServer) -> No
         max_retries=0,
     )
     async with azure:
-        r = await azure.chat.completions.create(model="my-deploy", messages=USER)  # type: ignore[arg-type]
+        r = await azure.chat.completions.create(model="my-deploy", messages=USER)
     assert r.model == "my-deploy"
     assert r.choices[0].message.content == "echo[my-deploy]: hello there world"
     call = llm.last_call
@@ -318,7 +316,7 @@ async def test_azure_and_dashscope_paths(llm: FakeLLM, server: TestServer) -> No
     assert call.headers["api-key"] == "az-key"
     base_url = str(server.make_url("/compatible-mode/v1"))
     async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-ds", max_retries=0) as ds:
-        r = await ds.chat.completions.create(model="qwen-plus", messages=USER)  # type: ignore[arg-type]
+        r = await ds.chat.completions.create(model="qwen-plus", messages=USER)
     assert r.model == "qwen-plus"
     assert llm.last_call.path == "/compatible-mode/v1/chat/completions"
 
@@ -355,7 +353,7 @@ async def test_client_disconnect_mid_stream_is_recorded(llm: FakeLLM, server: Te
 async def test_stream_latency_options(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     llm.answer("a b", first_token_delay_s=0.2, chunk_delay_s=0.05)
     loop = asyncio.get_running_loop()
-    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
     stamps = [(loop.time(), chunk) async for chunk in stream]
     assert stamps[1][0] - stamps[0][0] >= 0.15  # first content chunk waited
     assert stamps[-1][0] - stamps[1][0] >= 0.05 * (len(stamps) - 2) * 0.8
@@ -365,7 +363,7 @@ async def test_stream_latency_options(client: openai.AsyncOpenAI, llm: FakeLLM) 
 async def test_held_request_abandoned_by_client(client: openai.AsyncOpenAI, llm: FakeLLM) -> None:
     llm.hold()
     with pytest.raises(openai.APITimeoutError):
-        await client.chat.completions.create(model="m", messages=USER, timeout=0.1)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="m", messages=USER, timeout=0.1)
     await asyncio.wait_for(llm.last_call.done.wait(), 5)
     assert llm.last_call.aborted
     llm.release()

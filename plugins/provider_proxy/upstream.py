@@ -1,9 +1,9 @@
 """Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts.
 
 Retries happen only here, before anything reached the client: on connection errors and
-connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds) and on 5xx,
-with exponential backoff, moving to the next API key each time. A 4xx other than 429 is the
-client's problem and is returned at once, without blaming the key.
+connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds), on 5xx, and
+on 401/403 when another API key is configured, with exponential backoff, moving to the next API
+key each time. Any other 4xx is the client's problem and is returned at once.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Upstream:
                     raise UpstreamError(f"upstream {self.name} is unreachable: {err}") from err
                 await self._backoff(attempt, None, f"connection error: {err}")
                 continue
-            if last or not _retryable(resp):
+            if last or not self._retryable(resp):
                 return resp
             retry_after = _retry_after(resp)
             if retry_after is not None and retry_after > _MAX_RETRY_AFTER_S:
@@ -100,14 +100,17 @@ class Upstream:
             await self._backoff(attempt, retry_after, f"status {resp.status}")
         raise AssertionError("unreachable")  # the last attempt always returns or raises
 
+    def _retryable(self, resp: aiohttp.ClientResponse) -> bool:
+        if resp.status in (401, 403):
+            return len(self.cfg.keys) > 1  # a refused key: the next one may work
+        return resp.status == 429 or resp.status >= 500
+
     async def _backoff(self, attempt: int, retry_after: float | None, why: str) -> None:
         delay = max(self.cfg.retry_backoff_s * (2**attempt), retry_after or 0.0)
         log.warning("upstream %s: %s; retry %d in %.2fs", self.name, why, attempt + 1, delay)
         await asyncio.sleep(delay)
 
 
-def _retryable(resp: aiohttp.ClientResponse) -> bool:
-    return resp.status == 429 or resp.status >= 500
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:

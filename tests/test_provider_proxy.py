@@ -1,0 +1,296 @@
+"""provider-proxy end to end: the official openai client → the real gateway → a fake OpenAI."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
+from tests.fakes import FakeLLM
+
+MSG = [{"role": "user", "content": "hello there world"}]
+
+
+async def test_chat_non_stream(gateway: Gateway, upstream: Upstream) -> None:
+    r = await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert r.choices[0].message.content == "echo[gpt-4o]: hello there world"
+    assert r.usage is not None and r.usage.completion_tokens == 4
+    call = upstream.llm.last_call
+    assert call.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"  # the client's key is replaced
+    assert call.body["messages"] == MSG
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_chat_stream(gateway: Gateway, upstream: Upstream, include_usage: bool) -> None:
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
+    stream = await gateway.openai.chat.completions.create(
+        model="gpt-4o", messages=MSG, stream=True, **extra
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo[gpt-4o]: hello there world"
+    usage = [c.usage for c in chunks if c.usage]
+    # The proxy always asks the upstream for usage, but only forwards it when asked.
+    assert upstream.llm.last_call.body["stream_options"] == {"include_usage": True}
+    assert len(usage) == (1 if include_usage else 0)
+    assert chunks[-1].choices == [] if include_usage else chunks[-1].choices[0].finish_reason
+
+
+async def test_stream_events_pass_through_one_by_one(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream)})
+    upstream.llm.answer("one two three four", chunk_delay_s=0.05)
+    body = {"model": "m", "messages": MSG, "stream": True}
+    arrivals: list[float] = []
+    loop = asyncio.get_running_loop()
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=body) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for _ in resp.content:  # line by line, as the client receives them
+            arrivals.append(loop.time())
+    # Content events arrive spread over time (not buffered into one write at the end).
+    assert arrivals[-1] - arrivals[0] >= 0.1
+
+
+async def test_models_and_embeddings(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(
+        {"90-p.yaml": provider_file(upstream, models=["gpt-4o", "text-embedding-3-small"])}
+    )
+    models = await gw.openai.models.list()
+    assert sorted(m.id for m in models.data) == ["gpt-4o", "text-embedding-3-small"]
+    emb = await gw.openai.embeddings.create(
+        model="text-embedding-3-small", input=["a b", "c"], encoding_format="float"
+    )
+    assert [d.embedding for d in emb.data] == [FakeLLM.embedding_for(t) for t in ("a b", "c")]
+    assert upstream.llm.last_call.path == "/v1/embeddings"
+
+
+async def test_legacy_completions(gateway: Gateway, upstream: Upstream) -> None:
+    r = await gateway.openai.completions.create(model="gpt-4o", prompt="say hi")
+    assert r.choices[0].text == "echo[gpt-4o]: say hi"
+    assert upstream.llm.last_call.path == "/v1/completions"
+
+
+async def test_unknown_model_is_404(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream, models=["gpt-4o"])})
+    with pytest.raises(openai.NotFoundError) as exc:
+        await gw.openai.chat.completions.create(model="nope", messages=MSG)
+    assert exc.value.body["code"] == "model_not_found"  # type: ignore[index]
+    assert upstream.llm.chat_calls == 0
+
+
+async def test_model_mapping_renames(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(
+        {"90-p.yaml": provider_file(upstream, models={"fast": "gpt-4o-mini", "gpt-4*": None})}
+    )
+    r = await gw.openai.chat.completions.create(model="fast", messages=MSG)
+    assert upstream.llm.last_call.body["model"] == "gpt-4o-mini"
+    assert r.model == "gpt-4o-mini"
+    await gw.openai.chat.completions.create(model="gpt-4.1", messages=MSG)
+    assert upstream.llm.last_call.body["model"] == "gpt-4.1"
+
+
+async def test_headers_not_forwarded(gateway: Gateway, upstream: Upstream) -> None:
+    headers = {
+        "Authorization": "Bearer sk-gateway-credential",
+        "Connection": "keep-alive, x-hop",
+        "x-hop": "secret",
+        "Keep-Alive": "timeout=5",
+        "x-higress-skip-ai-cache": "on",
+        "Cache-Control": "no-cache",
+        "x-custom": "kept",
+    }
+    body = {"model": "gpt-4o", "messages": MSG}
+    async with gateway.http.post(
+        gateway.url("/v1/chat/completions"), json=body, headers=headers
+    ) as resp:
+        assert resp.status == 200
+    got = upstream.llm.last_call.headers
+    assert got["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert got["x-custom"] == "kept"
+    for name in ("x-hop", "keep-alive", "x-higress-skip-ai-cache", "cache-control"):
+        assert name not in got, name
+    assert "sk-gateway-credential" not in str(got)
+
+
+async def test_upstream_client_error_passes_through(gateway: Gateway, upstream: Upstream) -> None:
+    upstream.llm.fail(400, "context too long", code="context_length_exceeded", param="messages")
+    with pytest.raises(openai.BadRequestError) as exc:
+        await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+    assert upstream.llm.chat_calls == 1  # a 400 is not retried
+
+
+async def test_retries_5xx_and_429_then_succeeds(gateway: Gateway, upstream: Upstream) -> None:
+    upstream.llm.fail(503)
+    upstream.llm.fail(429, headers={"retry-after": "0"})
+    r = await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert r.choices[0].message.content == "echo[gpt-4o]: hello there world"
+    assert upstream.llm.chat_calls == 3
+
+
+async def test_persistent_5xx_reaches_client_in_openai_shape(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.llm.fail(500, "upstream exploded", times=3)
+    with pytest.raises(openai.InternalServerError) as exc:
+        await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.status_code == 500
+    assert exc.value.body["message"] == "upstream exploded"  # type: ignore[index]
+    assert upstream.llm.chat_calls == 3  # 1 + max_retries (2)
+
+
+async def test_long_retry_after_is_not_waited_for(gateway: Gateway, upstream: Upstream) -> None:
+    upstream.llm.fail(429, headers={"retry-after": "30"})
+    with pytest.raises(openai.RateLimitError) as exc:
+        await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.response.headers["retry-after"] == "30"
+    assert upstream.llm.chat_calls == 1
+
+
+async def test_failover_to_fallback_provider(
+    make_gateway: GatewayFactory, upstream: Upstream, aiohttp_server: Any
+) -> None:
+    backup = FakeLLM()
+    backup_server = await aiohttp_server(backup.app)
+    primary = {
+        "name": "primary",
+        "type": "openai",
+        "base_url": upstream.base_url,
+        "api_keys": [UPSTREAM_KEY],
+        "max_retries": 1,
+        "retry_backoff_s": 0,
+        "fallbacks": ["backup"],
+    }
+    second = {
+        "name": "backup",
+        "type": "openai",
+        "base_url": str(backup_server.make_url("/v1")),
+        "api_keys": ["sk-backup"],
+        "models": {"*": "backup-model"},
+    }
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [primary, second]}}}
+    )
+    upstream.llm.fail(502, times=2)
+    r = await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert r.choices[0].message.content == "echo[backup-model]: hello there world"
+    assert upstream.llm.chat_calls == 2 and backup.chat_calls == 1
+
+
+async def test_api_keys_rotate_on_retry(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(
+        {"90-p.yaml": provider_file(upstream, api_keys=[UPSTREAM_KEY, "sk-revoked"])}
+    )
+    upstream.llm.fail(429, headers={"retry-after": "0"})
+    await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    # The 429 moves on to the next key; that key is refused (401), so the one after is tried.
+    keys = [c.headers["authorization"] for c in upstream.llm.calls_of("chat")]
+    assert keys == [f"Bearer {k}" for k in (UPSTREAM_KEY, "sk-revoked", UPSTREAM_KEY)]
+
+
+async def test_single_key_401_is_not_retried(gateway: Gateway, upstream: Upstream) -> None:
+    upstream.llm.api_key = "sk-rotated-away"
+    with pytest.raises(openai.AuthenticationError):
+        await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert upstream.llm.chat_calls == 1
+
+
+async def test_unreachable_upstream_is_502(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    conf = provider_file(upstream, max_retries=1)
+    await upstream.server.close()
+    gw = await make_gateway({"90-p.yaml": conf})
+    with pytest.raises(openai.APIStatusError) as exc:
+        await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.status_code == 502
+    assert exc.value.body["type"] == "upstream_error"  # type: ignore[index]
+
+
+async def test_upstream_timeout_is_504(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream, read_timeout_s=0.2)})
+    upstream.llm.slow(2.0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.status_code == 504
+    assert upstream.llm.chat_calls == 1  # a read timeout is not retried
+
+
+async def test_stream_dropped_midway_is_an_error_for_the_client(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    upstream.llm.drop_stream(after_chunks=2)
+    stream = await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG, stream=True)
+    with pytest.raises((openai.APIError, openai.APIConnectionError)):
+        async for _ in stream:
+            pass
+
+
+async def test_client_disconnect_cancels_upstream(gateway: Gateway, upstream: Upstream) -> None:
+    upstream.llm.answer("a b c d e f g h", chunk_delay_s=0.2)
+    body = {"model": "gpt-4o", "messages": MSG, "stream": True}
+    async with gateway.http.post(gateway.url("/v1/chat/completions"), json=body) as resp:
+        await resp.content.readline()  # the first event arrived; now hang up
+    call = upstream.llm.last_call
+    await asyncio.wait_for(call.done.wait(), 5)
+    assert call.aborted
+
+
+async def test_azure_provider(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    azure = {
+        "name": "az",
+        "type": "azure",
+        "base_url": upstream.root_url,
+        "api_keys": [UPSTREAM_KEY],
+        "api_version": "2024-10-21",
+        "models": {"gpt-4o": "my-deployment"},
+    }
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [azure]}}}
+    )
+    r = await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    call = upstream.llm.last_call
+    assert call.path == "/openai/deployments/my-deployment/chat/completions"
+    assert call.query["api-version"] == "2024-10-21"
+    assert call.headers["api-key"] == UPSTREAM_KEY and "authorization" not in call.headers
+    assert r.choices[0].message.content == "echo[my-deployment]: hello there world"
+
+
+async def test_dashscope_provider(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    ds = {
+        "name": "qwen",
+        "type": "dashscope",
+        "base_url": upstream.root_url + "/compatible-mode/v1",
+        "api_keys": [UPSTREAM_KEY],
+        "models": ["qwen-*"],
+    }
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [ds]}}}
+    )
+    r = await gw.openai.chat.completions.create(model="qwen-turbo", messages=MSG)
+    assert upstream.llm.last_call.path == "/compatible-mode/v1/chat/completions"
+    assert r.choices[0].message.content == "echo[qwen-turbo]: hello there world"
+
+
+async def test_tool_call_stream_is_relayed(gateway: Gateway, upstream: Upstream) -> None:
+    calls = [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ]
+    upstream.llm.answer(tool_calls=calls)
+    stream = await gateway.openai.chat.completions.create(model="gpt-4o", messages=MSG, stream=True)
+    args, finish = "", None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                args += tc.function.arguments or "" if tc.function else ""
+            finish = choice.finish_reason or finish
+    assert orjson.loads(args) == {"city": "Paris"} and finish == "tool_calls"
