@@ -57,6 +57,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz_handler(gateway, loaded))
     app.router.add_route("*", "/{tail:.*}", _not_found)
+    app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_session_ctx(gateway))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
     stops = {i.plugin_name: i for i in loaded.pm.hook.shutdown.get_hookimpls()}
@@ -111,6 +112,12 @@ def _request_id(request: web.Request) -> str:
     if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
     return os.urandom(12).hex()
+
+
+async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, including plugins' own routes and 404s, carries an ``x-request-id``."""
+    if "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = _request_id(request)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -39,6 +39,7 @@ NOT_UPSTREAM: Final = HOP_BY_HOP | {
 }
 
 NOT_DOWNSTREAM: Final = HOP_BY_HOP | {
+    "x-request-id",  # the gateway's own id goes to the client; the upstream's is renamed
     "content-length",
     "content-encoding",
     "content-type",
@@ -60,4 +61,8 @@ def upstream_headers(incoming: Mapping[str, str], drop: Iterable[str] = ()) -> d
 
 def downstream_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     """The upstream response headers worth passing to the client (rate limits, ids, ...)."""
-    return {k: v for k, v in upstream.items() if k.lower() not in NOT_DOWNSTREAM}
+    out = {k: v for k, v in upstream.items() if k.lower() not in NOT_DOWNSTREAM}
+    upstream_id = upstream.get("x-request-id")
+    if upstream_id:
+        out["x-upstream-request-id"] = upstream_id
+    return out

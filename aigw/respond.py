@@ -14,6 +14,7 @@ import time
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 from aigw.context import SSE_CT, Reply, RequestContext
 from aigw.errors import GatewayError
@@ -32,7 +33,7 @@ async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.Str
         await _close_stream(reply)
         reply = _error_reply(ctx, err, "on_response_headers")
     ctx.status = reply.status
-    headers = reply.headers
+    headers = CIMultiDict(reply.headers)
     headers["x-request-id"] = ctx.request_id
     if ctx.response_headers:
         headers.update(ctx.response_headers)
@@ -42,7 +43,7 @@ async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.Str
 
 
 async def _send_body(
-    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: dict[str, str]
+    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     body = reply.body
     if pipeline.wants_chunks(ctx):
@@ -67,7 +68,7 @@ async def _send_body(
 
 
 async def _send_stream(
-    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: dict[str, str]
+    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: CIMultiDict[str]
 ) -> web.StreamResponse:
     assert reply.stream is not None
     resp = web.StreamResponse(status=ctx.status, headers=headers)

@@ -157,7 +157,9 @@ class WrkGenerator:
         version = subprocess.run(
             [executable, "-v"], capture_output=True, text=True, check=False
         ).stdout.splitlines()
-        self.description = f"{version[0] if version else 'wrk'} (1 thread)"
+        # "wrk debian/4.1.0-3+b2 [epoll] Copyright ...": keep the name and version.
+        name = " ".join(version[0].split()[:2]) if version else "wrk"
+        self.description = f"{name} (1 thread)"
 
     def _script(self, bodies: Bodies) -> Path:
         lines = ['wrk.method = "POST"']

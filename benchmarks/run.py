@@ -1,13 +1,16 @@
 """Benchmark aigw against a bare aiohttp proxy and the upstream itself, in one run.
 
-Starts the mock upstream, then one target at a time in its own process on a free loopback port
+Starts the mock upstream and every selected target in its own process on a free loopback port
 (`direct` is the upstream itself, `bare` the reference proxy, `aigw-*` gateway scenarios), checks
-that each answers correctly, warms it up, and measures non-stream chat completions at each
-concurrency (req/s, p50, p99) plus streamed time-to-first-byte at concurrency 1. Prints one table,
-the ratios against the bare proxy and whether aigw meets its targets.
+that each answers correctly, then measures them interleaved: per concurrency, each target is
+warmed up and loaded with non-stream chat completions (req/s, p50, p99), and each target's
+streamed time-to-first-byte is measured at concurrency 1. Prints one table, the ratios against
+the bare proxy and whether aigw meets its targets.
 
-    python -m benchmarks.run [--duration 5] [--concurrency 1,16,64] [--only direct,bare,...]
-                             [--generator auto|wrk|python] [--json out.json]
+    python -m benchmarks.run [--duration 5] [--warmup 1] [--ttfb-duration 2] [--rounds 1]
+                             [--concurrency 1,16,64] [--only direct,bare,aigw-shipped,...]
+                             [--generator auto|wrk|python] [--aigw CMD] [--json out.json]
+                             [--list]
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import platform
 import shlex
 import shutil
 import socket
-import subprocess
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -187,14 +190,14 @@ class Target:
 
     def to_json(self, concurrencies: list[int]) -> dict[str, object]:
         """Combined and per-round numbers, for --json."""
-        cells = (self.cell(c) for c in concurrencies)
+        combined = (self.cell(c) for c in concurrencies)
         ttfb = self.ttfb()
         return {
             "name": self.name,
             "description": self.description,
             "unique_prompts": self.unique_prompts,
             "skipped": self.skipped,
-            "cells": [dataclasses.asdict(cell) for cell in cells if cell is not None],
+            "cells": [dataclasses.asdict(cell) for cell in combined if cell is not None],
             "ttfb": dataclasses.asdict(ttfb) if ttfb is not None else None,
             "rounds": {
                 str(c): [dataclasses.asdict(cell) for cell in cells]
@@ -216,11 +219,18 @@ class Check:
 class Server:
     """A benchmark server subprocess on a loopback port, its output kept in a log file."""
 
-    def __init__(self, name: str, command: list[str], port: int, logdir: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], port: int, logdir: Path, cpus: set[int] | None
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://{HOST}:{port}"
         self.log_path = logdir / f"{name}.log"
+        if cpus is not None:
+            # Set the affinity in a tiny launcher that then execs the command, so the server,
+            # its threads and any worker processes are confined from their first instruction.
+            launcher = "import os, sys; os.sched_setaffinity(0, {%s}); os.execvp(sys.argv[1], sys.argv[1:])"
+            command = [sys.executable, "-c", launcher % ",".join(map(str, sorted(cpus))), *command]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -329,8 +339,17 @@ def start_target(
     else:
         port = free_port()
         if scenario is None:
-            command = [sys.executable, "-m", "benchmarks.bare_proxy", "--host", HOST,
-                       "--port", str(port), "--upstream", upstream.url]
+            command = [
+                sys.executable,
+                "-m",
+                "benchmarks.bare_proxy",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--upstream",
+                upstream.url,
+            ]
             health, accept, timeout = "/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S
         else:
             base = aigw_command(args.aigw)
@@ -339,11 +358,20 @@ def start_target(
                 progress(f"skipped {target.name}: {target.skipped}")
                 return
             conf_dir = write_conf(scenario, workdir, port, upstream.url)
-            command = [*base, "-c", str(conf_dir), "--host", HOST, "--port", str(port),
-                       "--log-level", "warning"]
+            command = [
+                *base,
+                "-c",
+                str(conf_dir),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
             health, accept, timeout = "/healthz", frozenset({200}), AIGW_HEALTH_TIMEOUT_S
         try:
-            server = Server(target.name, command, port, workdir)
+            server = Server(target.name, command, port, workdir, args.target_cpus)
         except OSError as exc:
             target.skipped = f"cannot start: {exc}"
             progress(f"skipped {target.name}: {target.skipped}\n    command: {shlex.join(command)}")
@@ -353,8 +381,10 @@ def start_target(
         if problem is not None:
             server.stop()
             target.skipped = problem
-            progress(f"skipped {target.name}: {problem}\n    command: {shlex.join(command)}\n"
-                     f"{server.log_tail()}")
+            progress(
+                f"skipped {target.name}: {problem}\n    command: {shlex.join(command)}\n"
+                f"{server.log_tail()}"
+            )
             return
     problem = runner.run(check_target(server.url, target.unique_prompts))
     if problem is not None:
@@ -397,8 +427,8 @@ def _fmt(value: float, digits: int) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _cpu_us_per_request(cell: CellResult, seconds: float) -> float:
-    return seconds / cell.requests * 1e6 if cell.requests else math.nan
+def _target_cpu_us_per_request(cell: CellResult) -> float:
+    return cell.target_cpu_s / cell.requests * 1e6 if cell.requests else math.nan
 
 
 def report_table(results: list[Target], concurrencies: list[int]) -> str:
@@ -427,7 +457,7 @@ def report_table(results: list[Target], concurrencies: list[int]) -> str:
                 else f"{'-':>9}{'-':>8}{'-':>9}"
             )
         top_cell = result.cell(top)
-        cpu = _cpu_us_per_request(top_cell, top_cell.target_cpu_s) if top_cell else math.nan
+        cpu = _target_cpu_us_per_request(top_cell) if top_cell else math.nan
         ttfb_result = result.ttfb()
         ttfb = ttfb_result.p50_ms if ttfb_result is not None else math.nan
         lines.append(row + f"  {_fmt(cpu, 0):>11}  {_fmt(ttfb, 3):>10}")
@@ -484,13 +514,12 @@ def checks(
         ),
     )
     values = vs_bare.get(SHIPPED, {})
-    why = (
-        f"{SHIPPED} not measured"
-        if SHIPPED not in measured
-        else "bare not measured"
-        if "bare" not in measured
-        else "no value"
-    )
+    if SHIPPED not in measured:
+        why = f"{SHIPPED} not measured"
+    elif "bare" not in measured:
+        why = "bare not measured"
+    else:
+        why = "no value"
     out = []
     for label, key, fmt, limit, at_least in specs:
         value = values.get(key, math.nan)
@@ -515,7 +544,7 @@ def print_report(
     print(
         f"load generator: {meta['generator']}; servers on {meta['event_loop']}; "
         f"{meta['duration_s']} s per cell after {meta['warmup_s']} s warm-up; "
-        f"{meta['cpus']} CPUs"
+        f"{meta['cpus']} CPUs, pinning: {meta['pinning']}"
     )
     print(
         "non-stream chat completions, closed loop; cpu us/req = the target process's CPU "
@@ -566,6 +595,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds of sequential streamed requests per target (default 2)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the whole measurement, report medians (default 1)",
+    )
+    parser.add_argument(
         "--concurrency", default="1,16,64", help="comma-separated concurrencies (default 1,16,64)"
     )
     parser.add_argument(
@@ -584,6 +619,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="command that starts aigw (default: aigw script, or python -m aigw)",
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the load generator and upstream to one CPU and targets to the rest",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     args = parser.parse_args(argv)
@@ -599,9 +640,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
     # Always measure in the canonical order, so tables from different runs line up.
     args.only = [name for name in known if name in only]
-    if args.duration < 1 or args.warmup < 0:
-        parser.error("--duration must be >= 1 and --warmup >= 0 (whole seconds, as wrk takes)")
+    if args.duration < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--duration and --rounds must be >= 1, --warmup >= 0 (whole seconds for wrk)")
     return args
+
+
+def pin_cpus(pin: bool) -> tuple[set[int] | None, str]:
+    """Confine this process (so the load generator and upstream it starts) to the first CPU.
+
+    Returns the CPUs left for the targets (None: no pinning) and a description. Without it the
+    scheduler sometimes puts a target on the load generator's core and sometimes not, which
+    moves its concurrency-1 latency by a good part of the 0.3 ms being judged; pinned, every
+    target gets the same layout: a core of its own, requests and upstream calls crossing cores.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if not pin or len(available) < 2:
+        return None, "off"
+    helpers, targets = {available[0]}, set(available[1:])
+    os.sched_setaffinity(0, helpers)
+    return targets, f"generator+upstream on cpu {available[0]}, targets on cpu " + ",".join(
+        map(str, sorted(targets))
+    )
 
 
 def pick_generator(choice: str, runner: asyncio.Runner, workdir: Path, loop: str) -> Generator:
@@ -647,8 +706,9 @@ def measure_all(
                 )
             )
             target.ttfb_rounds.append(ttfb)
-            progress(f"{tag}{target.name:<24} stream ttfb p50 {ttfb.p50_ms:.3f} ms  "
-                     f"errors {ttfb.errors}")
+            progress(
+                f"{tag}{target.name:<24} stream ttfb p50 {ttfb.p50_ms:.3f} ms  errors {ttfb.errors}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -662,6 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{scenario.name:<24}{scenario.description}{extra}")
         return 0
     started = time.monotonic()
+    args.target_cpus, pinning = pin_cpus(args.pin)
     loop = loop_name()
     descriptions = {**BASE_TARGETS, **{s.name: s.description for s in SCENARIOS}}
     fixed = {s.name for s in SCENARIOS if not s.unique_prompts}
@@ -676,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [sys.executable, "-m", "benchmarks.upstream", "--host", HOST, "--port", str(port)],
             port,
             workdir,
+            None,  # inherits this process's (helper) CPUs
         )
         stack.callback(upstream.stop)
         problem = upstream.wait_healthy("/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S)
@@ -688,7 +750,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         live = [(t, t.server) for t in targets if t.server is not None]
         per_target = len(args.concurrency) * (args.warmup + args.duration)
         per_target += min(args.warmup, 1.0) + args.ttfb_duration
-        progress(f"measuring {len(live)} target(s), about {per_target * len(live) * args.rounds:.0f} s")
+        progress(
+            f"measuring {len(live)} target(s), about {per_target * len(live) * args.rounds:.0f} s"
+        )
         measure_all(live, upstream, generator, runner, args)
 
     measured = {t.name for t, _ in live}
@@ -698,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "generator": generator.description,
         "generator_name": generator.name,
         "event_loop": loop,
+        "pinning": pinning,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "ttfb_duration_s": args.ttfb_duration,

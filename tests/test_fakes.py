@@ -12,8 +12,9 @@ import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from tests.fakes import EMBEDDINGS, FakeLLM  # tests/ is on sys.path (rootdir-relative, no __init__)
 from openai.types.chat import ChatCompletionMessageParam
+
+from tests.fakes import EMBEDDINGS, FakeLLM  # tests/ is on sys.path (rootdir-relative, no __init__)
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 

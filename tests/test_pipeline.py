@@ -23,7 +23,7 @@ from aigw.app import create_app
 from aigw.config import load_config
 from tests.conftest import GatewayFactory, write_conf
 
-RECORDER = '''
+RECORDER = """
 from __future__ import annotations
 
 from aigw import Reply, hookimpl
@@ -111,7 +111,7 @@ class Recorder:
 class A(Recorder): pass
 class B(Recorder): pass
 class C(Recorder): pass
-'''
+"""
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -223,7 +223,9 @@ async def test_exception_becomes_openai_error(
     status: int,
     err_type: str,
 ) -> None:
-    gw = await make_gateway(conf(recorder, B={"raise_in": "request", "gateway_error": gateway_error}))
+    gw = await make_gateway(
+        conf(recorder, B={"raise_in": "request", "gateway_error": gateway_error})
+    )
     got, headers, body = await post(gw, CHAT)
     assert got == status
     err = orjson.loads(body)["error"]

@@ -197,6 +197,10 @@ def test_any_split_gives_the_same_events(
 ) -> None:
     raw, expected = stream
     cuts = data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=len(raw)))
+    # Splits right after a CR (between the halves of a CRLF) are the interesting ones.
+    after_cr = [i + 1 for i, byte in enumerate(raw[:-1]) if byte == 0x0D]
+    if after_cr:
+        cuts += data.draw(st.lists(st.sampled_from(after_cr)))
     assert feed_all([raw]) == expected
     assert feed_all(split_at(raw, cuts)) == expected
 

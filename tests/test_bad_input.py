@@ -1,0 +1,111 @@
+"""Malformed requests get the right status and an OpenAI-style error, never a traceback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
+
+CHAT = "/v1/chat/completions"
+
+
+async def expect_error(resp: Any, status: int, param: str | None = None) -> dict[str, Any]:
+    assert resp.status == status
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers["x-request-id"]
+    text = await resp.text()
+    assert "Traceback" not in text
+    err = orjson.loads(text)["error"]
+    assert set(err) == {"message", "type", "code", "param"}
+    assert err["message"]
+    if param is not None:
+        assert err["param"] == param
+    return dict(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'"a string"', None),
+        (b"", None),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": 42, "messages": []}', "model"),
+        (b'{"model": "gpt-4o"}', "messages"),
+        (b'{"model": "gpt-4o", "messages": []}', "messages"),
+        (b'{"model": "gpt-4o", "messages": "hi"}', "messages"),
+        (b'{"model": "gpt-4o", "messages": [{"content": "no role"}]}', "messages[0].role"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+        (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "n": 0}', "n"),
+    ],
+)
+async def test_bad_chat_body_is_400(
+    gateway: Gateway, upstream: Upstream, body: bytes, param: str | None
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    async with gateway.http.post(gateway.url(CHAT), data=body, headers=headers) as resp:
+        err = await expect_error(resp, 400, param)
+    assert err["type"] == "invalid_request_error"
+    assert upstream.llm.calls == []
+
+
+async def test_bad_embeddings_and_completions_bodies(gateway: Gateway) -> None:
+    async with gateway.http.post(gateway.url("/v1/embeddings"), json={"model": "e"}) as resp:
+        await expect_error(resp, 400, "input")
+    async with gateway.http.post(gateway.url("/v1/completions"), json={"model": "m"}) as resp:
+        await expect_error(resp, 400, "prompt")
+
+
+async def test_wrong_content_type_is_415(gateway: Gateway) -> None:
+    async with gateway.http.post(gateway.url(CHAT), data={"model": "x"}) as resp:  # form-encoded
+        err = await expect_error(resp, 415)
+    assert err["code"] == "unsupported_media_type"
+
+
+async def test_unknown_path_is_404_and_wrong_method_405(gateway: Gateway) -> None:
+    async with gateway.http.get(gateway.url("/v1/nothing-here")) as resp:
+        await expect_error(resp, 404)
+    async with gateway.http.get(gateway.url(CHAT)) as resp:
+        await expect_error(resp, 405)
+        assert resp.headers["Allow"] == "POST"
+    async with gateway.http.post(gateway.url("/v1/models")) as resp:
+        await expect_error(resp, 405)
+
+
+async def test_body_over_limit_is_413(make_gateway: GatewayFactory, upstream: Upstream) -> None:
+    gw = await make_gateway(
+        {"00-gw.yaml": {"gateway": {"max_body_bytes": 1024}}, "90-p.yaml": provider_file(upstream)}
+    )
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
+    async with gw.http.post(gw.url(CHAT), json=big) as resp:
+        await expect_error(resp, 413)
+
+    async def chunked() -> Any:  # no Content-Length: the limit still holds while reading
+        yield orjson.dumps(big)
+
+    async with gw.http.post(
+        gw.url(CHAT), data=chunked(), headers={"Content-Type": "application/json"}
+    ) as resp:
+        await expect_error(resp, 413)
+    assert upstream.llm.calls == []
+
+
+async def test_request_id_is_echoed_or_generated(gateway: Gateway) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    async with gateway.http.post(
+        gateway.url(CHAT), json=body, headers={"x-request-id": "trace-123"}
+    ) as resp:
+        assert resp.status == 200 and resp.headers["x-request-id"] == "trace-123"
+    async with gateway.http.post(gateway.url(CHAT), json=body) as resp:
+        assert len(resp.headers["x-request-id"]) >= 16
+
+
+async def test_health_endpoints(gateway: Gateway) -> None:
+    async with gateway.http.get(gateway.url("/healthz")) as resp:
+        assert resp.status == 200
+    async with gateway.http.get(gateway.url("/readyz")) as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ready"
