@@ -88,6 +88,9 @@ class CellResult:
     # Filled in by run.py, which knows the processes under test (CPU seconds in the window).
     target_cpu_s: float = math.nan
     upstream_cpu_s: float = math.nan
+    # CPU the whole machine spent beyond the generator, target and upstream: other work
+    # sharing the cores, plus kernel time (loopback softirq) charged to no process.
+    other_cpu_s: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,11 @@ class Check:
     passed: bool | None
 
 
+_PIN_LAUNCHER = (
+    "import os, sys; os.sched_setaffinity(0, {%s}); os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
 class Server:
     """A benchmark server subprocess on a loopback port, its output kept in a log file."""
 
@@ -229,8 +234,8 @@ class Server:
         if cpus is not None:
             # Set the affinity in a tiny launcher that then execs the command, so the server,
             # its threads and any worker processes are confined from their first instruction.
-            launcher = "import os, sys; os.sched_setaffinity(0, {%s}); os.execvp(sys.argv[1], sys.argv[1:])"
-            command = [sys.executable, "-c", launcher % ",".join(map(str, sorted(cpus))), *command]
+            launcher = _PIN_LAUNCHER % ",".join(map(str, sorted(cpus)))
+            command = [sys.executable, "-c", launcher, *command]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -280,6 +285,19 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def machine_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine so far, all cores, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return math.nan
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    # already inside user/nice, idle and iowait are not busy.
+    busy = sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8))
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -412,14 +430,18 @@ def measure_cell(
         generator.run(
             server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.warmup
         )
-    target_cpu, upstream_cpu = server.cpu_s(), upstream.cpu_s()
+    target_cpu, upstream_cpu, machine_cpu = server.cpu_s(), upstream.cpu_s(), machine_cpu_s()
     cell = generator.run(
         server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.duration
     )
+    target_cpu = server.cpu_s() - target_cpu
+    upstream_cpu = upstream.cpu_s() - upstream_cpu
+    ours = cell.generator_cpu_s + upstream_cpu + (target_cpu if server is not upstream else 0.0)
     return dataclasses.replace(
         cell,
-        target_cpu_s=server.cpu_s() - target_cpu,
-        upstream_cpu_s=upstream.cpu_s() - upstream_cpu,
+        target_cpu_s=target_cpu,
+        upstream_cpu_s=upstream_cpu,
+        other_cpu_s=machine_cpu_s() - machine_cpu - ours,
     )
 
 

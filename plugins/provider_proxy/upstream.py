@@ -111,8 +111,6 @@ class Upstream:
         await asyncio.sleep(delay)
 
 
-
-
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
     try:
         return float(resp.headers.get("Retry-After", ""))

@@ -1,0 +1,30 @@
+"""Counting and rate-limited logging of cache backend failures (the caches fail open)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+
+class FailureLog:
+    """Counts failures by kind; logs a warning per kind at most once every ``interval_s``."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.log = logger
+        self.interval_s = interval_s
+        self.counts: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def failed(self, kind: str, err: BaseException | str) -> None:
+        """Record one failure of ``kind``; maybe log it."""
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval_s) < self.interval_s:
+            self._suppressed[kind] += 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        note = f" ({more} more since the last warning)" if more else ""
+        self.log.warning("cache %s failed, serving without the cache: %s%s", kind, err, note)

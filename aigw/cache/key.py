@@ -1,0 +1,79 @@
+"""The exact cache key: SHA-256 over canonical JSON of everything that can change the answer.
+
+Hashed (orjson, sorted keys): the key-recipe version, the scope (the consumer, unless shared),
+the API, the resolved target (provider and upstream model), the messages the strategy picks,
+and every other request field except those that only shape the transport (``stream``,
+``stream_options``) or identify the caller (``user``, ``metadata``, ``store``,
+``service_tier``). Keying on *all* remaining fields means a parameter added to the API later
+(or a provider-specific one) splits the cache instead of leaking answers across it.
+
+Strategies: ``conversation`` (default: the system prompt and every turn), Higress's
+``lastQuestion`` (the value at ``cacheKeyFrom``, by default the last message's content),
+``allQuestions`` (every user message) and ``disabled`` (no caching).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final, Literal
+
+import orjson
+
+from aigw.context import RequestContext
+
+KEY_VERSION: Final = 1
+Strategy = Literal["conversation", "lastQuestion", "allQuestions", "disabled"]
+DEFAULT_KEY_FROM: Final = "messages.@reverse.0.content"
+
+# Fields that do not change the answer's content.
+NOT_KEYED: Final = frozenset(
+    {"model", "messages", "stream", "stream_options", "user", "metadata", "store", "service_tier"}
+)
+
+
+def get_path(obj: Any, path: str) -> Any:
+    """A small GJSON subset for ``cacheKeyFrom``: dotted keys, list indices, ``@reverse``."""
+    for part in path.split("."):
+        if part == "@reverse" and isinstance(obj, list):
+            obj = obj[::-1]
+        elif isinstance(obj, list) and part.isdigit():
+            index = int(part)
+            obj = obj[index] if index < len(obj) else None
+        elif isinstance(obj, dict):
+            obj = obj.get(part)
+        else:
+            return None
+        if obj is None:
+            return None
+    return obj
+
+
+def question(payload: dict[str, Any], strategy: Strategy, key_from: str) -> Any:
+    """The part of the conversation the strategy keys on (``None``: nothing to key on)."""
+    messages = payload.get("messages")
+    if strategy == "conversation":
+        return messages
+    if strategy == "lastQuestion":
+        return get_path(payload, key_from)
+    if strategy == "allQuestions":
+        users = [m.get("content") for m in messages or () if m.get("role") == "user"]
+        return users or None
+    return None
+
+
+def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str) -> str | None:
+    """The hex SHA-256 key of a request, or ``None`` when the strategy finds nothing to key."""
+    picked = question(ctx.payload, strategy, key_from)
+    if picked is None or picked == "":
+        return None
+    target = ctx.target
+    material = {
+        "v": KEY_VERSION,
+        "scope": scope,
+        "api": ctx.api,
+        "target": [target.provider, target.model] if target else ctx.model,
+        "strategy": strategy,
+        "question": picked,
+        "params": {k: v for k, v in ctx.payload.items() if k not in NOT_KEYED},
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,103 @@
+"""The cache record both caches store: the normalised answer plus metadata.
+
+Stored: ``id``, ``model``, ``created``, ``system_fingerprint``, per choice the message content,
+tool calls, reasoning content, refusal and finish reason, and ``usage``; plus when it was stored,
+its TTL, its key hash and scope. Serialised with orjson. :func:`decode` rejects anything that
+is not a well-formed record, so a corrupted or foreign value is a miss, never a broken reply.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+RECORD_VERSION: Final = 1
+_MESSAGE_FIELDS: Final = ("content", "tool_calls", "reasoning_content", "refusal")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRecord:
+    """One cached answer. ``response`` is a normalised ``chat.completion`` object."""
+
+    response: dict[str, Any]
+    stored_at: float
+    ttl: int
+    key: str
+    scope: str
+
+    @property
+    def age(self) -> int:
+        """Whole seconds since the record was stored."""
+        return max(0, int(time.time() - self.stored_at))
+
+
+def normalise(completion: dict[str, Any]) -> dict[str, Any]:
+    """Keep what a replay needs from an upstream ``chat.completion``, drop the rest."""
+    choices = []
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        kept = {f: message[f] for f in _MESSAGE_FIELDS if message.get(f) is not None}
+        kept["role"] = "assistant"
+        kept.setdefault("content", None)
+        choices.append(
+            {
+                "index": choice.get("index", 0),
+                "message": kept,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        )
+    out = {
+        "id": completion.get("id"),
+        "model": completion.get("model"),
+        "created": completion.get("created"),
+        "system_fingerprint": completion.get("system_fingerprint"),
+        "choices": choices,
+    }
+    if completion.get("usage"):
+        out["usage"] = completion["usage"]
+    return out
+
+
+def make_record(completion: dict[str, Any], key: str, scope: str, ttl: int) -> CacheRecord:
+    """A record of ``completion`` stored now."""
+    return CacheRecord(normalise(completion), time.time(), ttl, key, scope)
+
+
+def encode(record: CacheRecord) -> bytes:
+    """Serialise a record."""
+    return orjson.dumps(
+        {
+            "v": RECORD_VERSION,
+            "response": record.response,
+            "stored_at": record.stored_at,
+            "ttl": record.ttl,
+            "key": record.key,
+            "scope": record.scope,
+        }
+    )
+
+
+class InvalidRecord(ValueError):
+    """A stored value that is not a record this version can replay."""
+
+
+def decode(raw: bytes) -> CacheRecord:
+    """Parse and check a stored value; raises :class:`InvalidRecord`."""
+    try:
+        obj = orjson.loads(raw)
+        if obj["v"] != RECORD_VERSION:
+            raise InvalidRecord(f"record version {obj['v']!r}")
+        response = obj["response"]
+        choices = response["choices"]
+        if not choices or not all(isinstance(c.get("message"), dict) for c in choices):
+            raise InvalidRecord("record without choices")
+        return CacheRecord(
+            response, float(obj["stored_at"]), int(obj["ttl"]), str(obj["key"]), str(obj["scope"])
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
+        if isinstance(err, InvalidRecord):
+            raise
+        raise InvalidRecord(f"malformed record: {err!r}") from None

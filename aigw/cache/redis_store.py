@@ -1,0 +1,100 @@
+"""The Redis exact store, through ``redis.asyncio`` (the maintained successor of aioredis).
+
+Every call has a deadline (``timeout_ms``, default 100 ms) so a slow Redis costs a request at
+most that much; errors and timeouts raise :class:`~aigw.cache.stores.StoreError` for the cache
+to treat as a miss. A dropped connection (a Redis restart) is retried once at once, so the
+first request after a restart does not miss needlessly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, Literal, TypeVar
+
+import redis.asyncio as redis
+from pydantic import Field
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from aigw.config import Settings
+
+from .stores import StoreError
+
+T = TypeVar("T")
+
+
+class RedisStoreConfig(Settings):
+    """``type: redis``.
+
+    ``url`` (``redis://`` or ``rediss://`` for TLS; ``redis://user:pass@host:port/db``), or
+    ``host``/``port``. ``username``/``password``: ACL user and password, password only, or
+    none. ``db``: database number. ``tls``: use TLS with ``host``/``port``. ``key_prefix``:
+    namespace for keys. ``timeout_ms``: deadline of each call. ``max_connections``: pool size.
+    """
+
+    type: Literal["redis"] = "redis"
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    db: int | None = Field(None, ge=0)
+    tls: bool = False
+    key_prefix: str = "aigw:"
+    timeout_ms: float = Field(100.0, gt=0)
+    max_connections: int = Field(64, ge=1)
+
+
+class RedisStore:
+    """Exact store on a shared Redis: what lets several gateway instances share answers."""
+
+    def __init__(self, config: RedisStoreConfig) -> None:
+        self.prefix = config.key_prefix
+        self.timeout = config.timeout_ms / 1000
+        common: dict[str, Any] = {
+            "username": config.username or None,
+            "password": config.password or None,
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), retries=1),
+            "retry_on_error": [RedisConnectionError],
+            "max_connections": config.max_connections,
+        }
+        if config.db is not None:
+            common["db"] = config.db
+        if config.url:
+            self.client = redis.Redis.from_url(config.url, **common)
+        else:
+            self.client = redis.Redis(host=config.host, port=config.port, ssl=config.tls, **common)
+
+    async def _run(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except TimeoutError:
+            raise StoreError(
+                f"redis {what}: timed out after {self.timeout * 1000:.0f} ms"
+            ) from None
+        except (RedisError, OSError) as err:
+            raise StoreError(f"redis {what}: {err}") from None
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._run("GET", self.client.get(self.prefix + key))
+        if value is not None and not isinstance(value, bytes):
+            raise StoreError("redis GET: unexpected value type")
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        await self._run("SET", self.client.set(self.prefix + key, value, ex=ttl))
+
+    async def delete(self, key: str) -> None:
+        await self._run("DEL", self.client.delete(self.prefix + key))
+
+    async def ping(self) -> None:
+        await self._run("PING", self.client.ping())
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,247 @@
+"""``exact-cache``: answers repeated requests from a cache instead of the LLM.
+
+Config keys (:class:`ExactCacheConfig`): ``store`` (``{type: memory, max_entries, max_bytes}``
+or ``{type: redis, url | host/port, username, password, db, tls, key_prefix, timeout_ms}``),
+``ttl_seconds`` (1800), ``key_strategy`` / Higress ``cacheKeyStrategy`` (``conversation``,
+``lastQuestion``, ``allQuestions``, ``disabled``), ``key_from`` / ``cacheKeyFrom``, ``scope``
+(``consumer``: each authenticated consumer has its own entries; ``shared``: one scope),
+``cache_tool_calls``, ``single_flight`` and ``single_flight_timeout_s``,
+``replay_chunk_chars``.
+
+Reads ``ctx.cache_lookup``/``cache_store`` (skip-header), ``ctx.consumer`` (auth), ``ctx.target``
+and, at the end, ``ctx.completion``; writes ``ctx.cache_status``, ``cache_type``,
+``cache_key``. A hit is a local reply in the shape the request asks for (JSON or SSE), with
+``x-aigw-cache: hit``, ``x-aigw-cache-type: exact``, ``x-aigw-cache-key`` and ``age``. Only
+complete answers are stored: status 200, ``finish_reason`` ``stop`` (or ``tool_calls`` with
+``cache_tool_calls``), one choice; the write happens after the reply, in the background.
+
+Fails open: a store error, timeout or garbage value is a miss (or a skipped store), counted in
+``failures.counts`` and logged at most every few seconds; the request never fails for the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from aigw import hookimpl
+from aigw.cache.failopen import FailureLog
+from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key
+from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_record
+from aigw.cache.redis_store import RedisStore, RedisStoreConfig
+from aigw.cache.replay import replay
+from aigw.cache.singleflight import SingleFlight
+from aigw.cache.stores import ExactStore, MemoryStore, MemoryStoreConfig, StoreError
+from aigw.config import Settings
+from aigw.context import Reply, RequestContext
+from aigw.gateway import Gateway
+
+NAME = "exact-cache"
+log = logging.getLogger("aigw.exact_cache")
+
+
+class ExactCacheConfig(Settings):
+    """Settings of ``exact-cache``; Higress's camelCase key names are accepted as aliases."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    store: MemoryStoreConfig | RedisStoreConfig = Field(
+        default_factory=MemoryStoreConfig, discriminator="type"
+    )
+    ttl_seconds: int = Field(1800, ge=1)
+    key_strategy: Strategy = Field("conversation", alias="cacheKeyStrategy")
+    key_from: str = Field(DEFAULT_KEY_FROM, alias="cacheKeyFrom", min_length=1)
+    scope: Literal["consumer", "shared"] = "consumer"
+    cache_tool_calls: bool = False
+    single_flight: bool = True
+    single_flight_timeout_s: float = Field(30.0, gt=0)
+    replay_chunk_chars: int = Field(16, ge=1)
+
+
+@dataclass(slots=True)
+class _State:
+    """Per-request scratch: the full key and, for a leader, its flight."""
+
+    key: str
+    scope: str
+    flight: asyncio.Future[CacheRecord | None] | None = None
+
+
+def uncacheable_request(payload: dict[str, Any]) -> str | None:
+    """Why a request's answer cannot be cached, or ``None``."""
+    n = payload.get("n")
+    if n is not None and n != 1:
+        return "n > 1"
+    if payload.get("logprobs") or payload.get("top_logprobs"):
+        return "logprobs are not stored"
+    return None
+
+
+def uncacheable_answer(ctx: RequestContext, allow_tool_calls: bool) -> str | None:
+    """Why the answer may not be stored, or ``None`` when it may."""
+    if ctx.status != 200:
+        return f"status {ctx.status}"
+    completion = ctx.completion
+    if completion is None:
+        return "incomplete answer"
+    choices = completion.get("choices") or []
+    if len(choices) != 1:
+        return "not exactly one choice"
+    finish = choices[0].get("finish_reason")
+    if finish == "tool_calls" and not allow_tool_calls:
+        return "tool calls (cache_tool_calls is off)"
+    if finish not in ("stop", "tool_calls"):
+        return f"finish_reason {finish!r}"
+    message = choices[0].get("message") or {}
+    if not message.get("content") and not message.get("tool_calls"):
+        return "empty answer"
+    return None
+
+
+class ExactCachePlugin:
+    """Exact-match response cache with single-flight, on a memory or Redis store."""
+
+    config_class = ExactCacheConfig
+
+    def __init__(self, config: ExactCacheConfig) -> None:
+        self.config = config
+        self.store: ExactStore = (
+            RedisStore(config.store)
+            if isinstance(config.store, RedisStoreConfig)
+            else MemoryStore(config.store)
+        )
+        self.flights = SingleFlight()
+        self.failures = FailureLog(log)
+        self.stats: Counter[str] = Counter()
+        self._gateway: Gateway | None = None
+
+    @hookimpl
+    async def startup(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        try:
+            await self.store.ping()
+        except StoreError as err:
+            log.warning("exact-cache store unreachable at start-up (serving without it): %s", err)
+
+    @hookimpl
+    async def shutdown(self) -> None:
+        await self.store.aclose()
+
+    @hookimpl
+    async def check_ready(self) -> str | None:
+        try:
+            await self.store.ping()
+        except StoreError as err:
+            return f"exact-cache: {err}"
+        return None
+
+    @hookimpl
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        if ctx.api != "chat.completions":
+            return None
+        cfg = self.config
+        scope = "shared" if cfg.scope == "shared" else f"consumer:{ctx.consumer or ''}"
+        key = None
+        if (ctx.cache_lookup or ctx.cache_store) and uncacheable_request(ctx.payload) is None:
+            key = exact_key(ctx, scope, cfg.key_strategy, cfg.key_from)
+        if key is None:
+            ctx.cache_status = "skip"
+            return None
+        state = ctx.scratch[NAME] = _State(key, scope)
+        ctx.cache_key = key[:16]
+        if not ctx.cache_lookup:
+            ctx.cache_status = "skip"
+            return None
+        record = await self._lookup(key)
+        if record is not None:
+            log.info("cache hit for key: %s", ctx.cache_key)
+            return self._hit(ctx, record)
+        log.info("cache miss for key: %s", ctx.cache_key)
+        ctx.cache_status = "miss"
+        if ctx.cache_store and cfg.single_flight:
+            return await self._join_flight(ctx, state)
+        return None
+
+    async def _lookup(self, key: str) -> CacheRecord | None:
+        try:
+            raw = await self.store.get(key)
+            record = decode(raw) if raw is not None else None
+        except (StoreError, InvalidRecord) as err:
+            self.failures.failed("lookup", err)
+            return None
+        if record is not None and record.key != key:
+            self.failures.failed("lookup", "stored record belongs to another key")
+            return None
+        return record
+
+    async def _join_flight(self, ctx: RequestContext, state: _State) -> Reply | None:
+        """Lead the flight for this key, or wait for the leader and answer from its record."""
+        deadline = time.monotonic() + self.config.single_flight_timeout_s
+        while True:
+            state.flight = self.flights.lead(state.key)
+            if state.flight is not None:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None  # waited long enough: go upstream without coalescing
+            record = await self.flights.wait(state.key, remaining)
+            if record is not None:
+                self.stats["coalesced"] += 1
+                log.info("cache hit for key: %s (waited for the identical request)", ctx.cache_key)
+                return self._hit(ctx, record)
+
+    def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
+        self.stats["hit"] += 1
+        ctx.cache_status, ctx.cache_type = "hit", "exact"
+        ctx.usage = record.response.get("usage")
+        headers = {
+            "x-aigw-cache": "hit",
+            "x-aigw-cache-type": "exact",
+            "x-aigw-cache-key": ctx.cache_key or "",
+            "age": str(record.age),
+        }
+        include_usage = bool((ctx.payload.get("stream_options") or {}).get("include_usage"))
+        return replay(record, ctx.stream, include_usage, headers, self.config.replay_chunk_chars)
+
+    @hookimpl
+    async def on_response_headers(self, ctx: RequestContext) -> None:
+        if ctx.cache_status is not None:
+            ctx.response_headers["x-aigw-cache"] = ctx.cache_status
+
+    @hookimpl
+    async def on_response_end(self, ctx: RequestContext) -> None:
+        state: _State | None = ctx.scratch.get(NAME)
+        if state is None or not ctx.cache_store:
+            return
+        why_not = uncacheable_answer(ctx, self.config.cache_tool_calls)
+        if why_not is not None or ctx.completion is None:
+            log.debug("not caching key %s: %s", ctx.cache_key, why_not)
+            return
+        record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
+        if state.flight is not None:
+            self.flights.land(state.key, state.flight, record)
+        assert self._gateway is not None
+        self._gateway.spawn(self._store(record), "exact-cache write-back")
+
+    async def _store(self, record: CacheRecord) -> None:
+        try:
+            await self.store.set(record.key, encode(record), record.ttl)
+        except StoreError as err:
+            self.failures.failed("store", err)
+            return
+        self.stats["stored"] += 1
+
+    @hookimpl
+    async def on_log(self, ctx: RequestContext) -> None:
+        state: _State | None = ctx.scratch.get(NAME)
+        if state is not None and state.flight is not None and not state.flight.done():
+            # The leader ended without a storable answer: wake the waiters to retry.
+            self.flights.land(state.key, state.flight, None)
+        if ctx.cache_status == "miss":
+            self.stats["miss"] += 1
