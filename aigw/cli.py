@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from aigw import __version__
-from aigw.config import Config, GatewaySettings, load_config
+from aigw.config import Config, GatewaySettings, load_config, validate
 from aigw.errors import ConfigError
 
 log = logging.getLogger("aigw")
@@ -71,15 +71,17 @@ def _load(opts: argparse.Namespace) -> Config:
     }
     if not overrides:
         return config
-    merged = GatewaySettings.model_validate({**config.gateway.model_dump(), **overrides})
+    merged = validate(GatewaySettings, {**config.gateway.model_dump(), **overrides}, "command line")
     return Config(gateway=merged, plugins=config.plugins, source=config.source)
 
 
 def describe(config: Config) -> str:
     """The effective configuration: server, plugins in order with their hooks, providers."""
+    from aigw.pipeline import Pipeline
     from aigw.plugins import load
 
     loaded = load(config)
+    Pipeline(loaded)  # the same checks serving does (hook options)
     g = config.gateway
     lines = [
         f"aigw {__version__}: {config.source} is valid",

@@ -1,7 +1,7 @@
 """conf.d loading: YAML files in name order, ``${VAR}`` expansion, typed validation.
 
-A conf.d directory holds ``*.yaml`` files read in file-name order. One file may hold the
-server settings under ``gateway:``; every other file configures one plugin::
+A conf.d directory holds ``*.yaml`` (or ``*.yml``) files read in file-name order. One file may
+hold the server settings under ``gateway:``; every other file configures one plugin::
 
     plugin: exact-cache          # entry-point name in group aigw.plugins, or module:Class
     enabled: true                # optional; false skips the file
@@ -69,15 +69,19 @@ class Config:
     source: Path
 
 
-def expand_env(value: Any, where: str, env: dict[str, str] | None = None) -> Any:
-    """Expand ``${...}`` in every string inside ``value``; ``where`` prefixes errors."""
+def expand_env(value: Any, where: str, env: dict[str, str] | None = None, key: str = "") -> Any:
+    """Expand ``${...}`` in every string inside ``value``; errors name ``where`` and the key."""
     env = os.environ.copy() if env is None else env
     if isinstance(value, str):
-        return _expand_str(value, where, env)
+        return _expand_str(value, f"{where}: {key}" if key else where, env)
     if isinstance(value, list):
-        return [expand_env(v, f"{where}.{i}", env) for i, v in enumerate(value)]
+        return [
+            expand_env(v, where, env, f"{key}.{i}" if key else str(i)) for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}", env) for k, v in value.items()}
+        return {
+            k: expand_env(v, where, env, f"{key}.{k}" if key else str(k)) for k, v in value.items()
+        }
     return value
 
 
@@ -120,8 +124,13 @@ def load_config(conf_dir: str | Path, env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"{root}: not a directory (expected a conf.d with *.yaml files)")
     gateway: GatewaySettings | None = None
     plugins: list[PluginEntry] = []
-    for path in sorted(root.glob("*.yaml")):
+    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")], key=lambda p: p.name):
         doc = _read_yaml(path)
+        # `enabled` first: a disabled file may reference variables that are not set.
+        if "enabled" in doc:
+            doc["enabled"] = expand_env(doc["enabled"], str(path), env, "enabled")
+            if not _enabled(doc["enabled"]):
+                continue
         doc = expand_env(doc, str(path), env)
         if "gateway" in doc:
             if gateway is not None or set(doc) != {"gateway"}:
@@ -134,6 +143,13 @@ def load_config(conf_dir: str | Path, env: dict[str, str] | None = None) -> Conf
     if not plugins:
         raise ConfigError(f"{root}: no enabled plugin files; the last one must be terminal")
     return Config(gateway=gateway or GatewaySettings(), plugins=plugins, source=root)
+
+
+def _enabled(value: Any) -> bool:
+    """``enabled:`` as YAML or as an expanded string (empty means off)."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -155,10 +171,7 @@ def _plugin_entry(path: Path, doc: dict[str, Any]) -> PluginEntry | None:
     name = doc.get("plugin")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: plugin: expected a plugin name (entry point or module:Class)")
-    enabled = doc.get("enabled", True)
-    if isinstance(enabled, str):
-        enabled = enabled.strip().lower() in {"1", "true", "yes", "on"}
-    if not enabled:
+    if not _enabled(doc.get("enabled", True)):
         return None
     config = doc.get("config") or {}
     if not isinstance(config, dict):

@@ -95,19 +95,16 @@ def load(config: Config) -> LoadedPlugins:
     pm.add_hookspecs(hookspecs)
     order: list[tuple[str, object]] = []
     for entry in config.plugins:
-        name = entry.name.rsplit(":", 1)[-1] if ":" in entry.name else entry.name
+        name = entry.name
         if pm.has_plugin(name):
             raise ConfigError(f"{entry.file}: plugin: {name!r} is configured twice")
         instance = build(entry)
         try:
             pm.register(instance, name=name)
+            pm.check_pending()  # after each one, so a misspelt hook names its file
         except pluggy.PluginValidationError as err:
             raise ConfigError(f"{entry.file}: plugin {name!r}: {err}") from None
         order.append((name, instance))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as err:
-        raise ConfigError(f"plugin {err.plugin!r}: {err}") from None
     last_name, last = order[-1]
     if not (getattr(last, "terminal", False) and isinstance(last, TerminalPlugin)):
         raise ConfigError(

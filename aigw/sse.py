@@ -37,6 +37,8 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Parse ``chunk`` and return the events it completes."""
+        if not chunk:
+            return []
         if self._pending_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across reads
         self._pending_cr = chunk.endswith(b"\r")
@@ -61,7 +63,7 @@ class SSEParser:
         if name == b"data":
             self._data.append(value)
         elif name == b"event":
-            self._event = value.decode("utf-8", "replace")
+            self._event = value.decode("utf-8", "replace") or "message"
 
 
 def encode(obj: Any) -> bytes:

@@ -148,12 +148,6 @@ def test_missing_conf_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "not a directory" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._load validates --host/--port/--workers overrides with "
-    "GatewaySettings.model_validate outside any ConfigError conversion: `aigw check --port 70000` "
-    "dies with a pydantic ValidationError traceback (exit 1) instead of exit 2",
-)
 def test_bad_command_line_override_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,11 +165,6 @@ def test_bad_command_line_override_exits_2(
     assert "port" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`aigw check` only runs aigw.plugins.load, not aigw.pipeline.Pipeline, so a hookimpl "
-    "with tryfirst=True is reported valid although serving the same conf.d fails with ConfigError",
-)
 def test_check_rejects_what_serving_rejects(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

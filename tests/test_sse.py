@@ -62,11 +62,6 @@ def test_pending_cr_only_swallows_one_lf() -> None:
     assert parser.feed(b"\n\n") == [Event(b"a")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SSEParser.feed(b'') resets the pending-CR flag, so an empty read between the CR and "
-    "the LF of a CRLF turns the LF into a second line end (premature dispatch)",
-)
 def test_empty_feed_between_cr_and_lf() -> None:
     assert feed_all([b"data: a\r", b"", b"\ndata: b\n\n"]) == [Event(b"a\nb")]
 
