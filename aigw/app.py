@@ -32,6 +32,7 @@ log = logging.getLogger("aigw")
 
 GATEWAY = web.AppKey("gateway", Gateway)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+PLUGINS = web.AppKey("plugins", LoadedPlugins)
 
 API_ROUTES: dict[str, tuple[str, Api | None]] = {
     "/v1/chat/completions": ("POST", "chat.completions"),
@@ -51,6 +52,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app = web.Application(client_max_size=config.gateway.max_body_bytes)
     app[GATEWAY] = gateway
     app[PIPELINE] = pipeline
+    app[PLUGINS] = loaded
     loaded.pm.hook.register_routes(router=app.router, gateway=gateway)
     for path, (method, api) in API_ROUTES.items():
         app.router.add_route("*", path, _api_handler(gateway, pipeline, loaded, method, api))

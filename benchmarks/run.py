@@ -63,6 +63,9 @@ SHIPPED = "aigw-shipped"
 MIN_RPS_RATIO = 0.8
 MAX_ADDED_P50_MS = 0.3
 MAX_ADDED_TTFB_MS = 0.5
+# Above this much CPU (in cores) taken by other processes during a cell, its numbers are
+# suspect. A quiet machine shows about 0.05 (kernel work charged to no process).
+MAX_BACKGROUND_CORES = 0.2
 
 # conf.d fragments. `${port}` and `${upstream}` (scheme://host:port of the mock upstream) are
 # substituted when a scenario's files are written; nothing else in them may contain `$`.
@@ -98,6 +101,9 @@ class Scenario:
     conf: Mapping[str, str]
     unique_prompts: bool = True
     default: bool = True
+    # Names of processes this scenario relies on that the benchmark does not start (a local
+    # Redis): their CPU counts as the benchmark's, not as background load.
+    services: tuple[str, ...] = ()
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -139,6 +145,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         },
         unique_prompts=False,
         default=False,
+        services=("redis-server",),
     ),
 )
 BASE_TARGETS = {"direct": "the mock upstream, no proxy", "bare": "bare aiohttp pass-through proxy"}
@@ -157,6 +164,7 @@ def _median_cell(cells: list[CellResult]) -> CellResult:
         generator_cpu_s=sum(c.generator_cpu_s for c in cells),
         target_cpu_s=sum(c.target_cpu_s for c in cells),
         upstream_cpu_s=sum(c.upstream_cpu_s for c in cells),
+        other_cpu_s=sum(c.other_cpu_s for c in cells),
     )
 
 
@@ -165,12 +173,21 @@ class Target:
     """One thing to measure: its server while it runs, its results per round, or why skipped."""
 
     name: str
-    description: str
-    unique_prompts: bool
+    scenario: Scenario | None  # None for `direct` and `bare`
     server: Server | None = None
     skipped: str | None = None
     rounds: dict[int, list[CellResult]] = field(default_factory=dict)
     ttfb_rounds: list[TtfbResult] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        """One line saying what the target is."""
+        return self.scenario.description if self.scenario else BASE_TARGETS[self.name]
+
+    @property
+    def unique_prompts(self) -> bool:
+        """Whether every request carries a new prompt (else one fixed prompt)."""
+        return self.scenario.unique_prompts if self.scenario else True
 
     def cell(self, concurrency: int) -> CellResult | None:
         """The measurement at `concurrency`, the median over rounds."""
@@ -263,13 +280,8 @@ class Server:
         return f"not healthy within {timeout:.0f} s"
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the process has used so far, from /proc (Linux)."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return math.nan
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds the process has used so far."""
+        return process_cpu_s(self.process.pid)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the process's output, for a failure message."""
@@ -285,6 +297,31 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def services_cpu_s(names: tuple[str, ...]) -> float:
+    """CPU seconds used so far by all processes whose command name is in `names`."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:  # exited meanwhile
+            continue
+        if comm in names:
+            total += process_cpu_s(int(entry.name))
+    return total
 
 
 def machine_cpu_s() -> float:
@@ -351,7 +388,7 @@ def start_target(
 
     Sets `target.server`, or `target.skipped` with the reason (and prints the server's output).
     """
-    scenario = next((s for s in SCENARIOS if s.name == target.name), None)
+    scenario = target.scenario
     if target.name == "direct":
         server = upstream
     else:
@@ -430,13 +467,16 @@ def measure_cell(
         generator.run(
             server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.warmup
         )
-    target_cpu, upstream_cpu, machine_cpu = server.cpu_s(), upstream.cpu_s(), machine_cpu_s()
+    services = target.scenario.services if target.scenario else ()
+    target_cpu, upstream_cpu = server.cpu_s(), upstream.cpu_s()
+    machine_cpu, services_cpu = machine_cpu_s(), services_cpu_s(services)
     cell = generator.run(
         server.url, Bodies(unique=target.unique_prompts, stream=False), concurrency, args.duration
     )
     target_cpu = server.cpu_s() - target_cpu
     upstream_cpu = upstream.cpu_s() - upstream_cpu
     ours = cell.generator_cpu_s + upstream_cpu + (target_cpu if server is not upstream else 0.0)
+    ours += services_cpu_s(services) - services_cpu
     return dataclasses.replace(
         cell,
         target_cpu_s=target_cpu,
@@ -453,16 +493,27 @@ def _target_cpu_us_per_request(cell: CellResult) -> float:
     return cell.target_cpu_s / cell.requests * 1e6 if cell.requests else math.nan
 
 
+def background_cores(target: Target) -> float:
+    """The most CPU (in cores) that other work took during any of the target's cells."""
+    shares = [
+        cell.other_cpu_s / cell.seconds
+        for cells in target.rounds.values()
+        for cell in cells
+        if cell.seconds > 0
+    ]
+    return max(shares, default=math.nan)
+
+
 def report_table(results: list[Target], concurrencies: list[int]) -> str:
     """Side-by-side table: one row per target, a column group per concurrency."""
     top = max(concurrencies)
     name_width = max(len(r.name) for r in results) + 2
     groups = "".join(f"{'c=' + str(c):^26}" for c in concurrencies)
-    head1 = f"{'':<{name_width}}{groups}  {'c=' + str(top):>11}  {'stream c=1':>10}"
+    head1 = f"{'':<{name_width}}{groups}  {'c=' + str(top):>11}  {'stream c=1':>10}  {'other':>6}"
     head2 = (
         f"{'target':<{name_width}}"
         + "".join(f"{'req/s':>9}{'p50 ms':>8}{'p99 ms':>9}" for _ in concurrencies)
-        + f"  {'cpu us/req':>11}  {'ttfb p50':>10}"
+        + f"  {'cpu us/req':>11}  {'ttfb p50':>10}  {'cores':>6}"
     )
     lines = [head1, head2, "-" * len(head2)]
     for result in results:
@@ -482,7 +533,8 @@ def report_table(results: list[Target], concurrencies: list[int]) -> str:
         cpu = _target_cpu_us_per_request(top_cell) if top_cell else math.nan
         ttfb_result = result.ttfb()
         ttfb = ttfb_result.p50_ms if ttfb_result is not None else math.nan
-        lines.append(row + f"  {_fmt(cpu, 0):>11}  {_fmt(ttfb, 3):>10}")
+        other = background_cores(result)
+        lines.append(row + f"  {_fmt(cpu, 0):>11}  {_fmt(ttfb, 3):>10}  {_fmt(other, 2):>6}")
     return "\n".join(lines)
 
 
@@ -570,12 +622,20 @@ def print_report(
     )
     print(
         "non-stream chat completions, closed loop; cpu us/req = the target process's CPU "
-        "per request; ttfb = first SSE data event, ms"
+        "per request; ttfb = first SSE data event, ms;\nother cores = the most CPU used by "
+        "anything but the benchmark's processes during any of the target's cells"
     )
     print()
     print(report_table(results, concurrencies))
     if any(c.errors for r in results for cells in r.rounds.values() for c in cells):
         print("! = some requests failed in that cell; see --json for counts")
+    busy = [r.name for r in results if background_cores(r) > MAX_BACKGROUND_CORES]
+    if busy:
+        print(
+            f"warning: other work took over {MAX_BACKGROUND_CORES} of a core while measuring "
+            f"{', '.join(busy)}: those numbers are unreliable; rerun on a quiet machine, "
+            "or with --rounds 3 for medians"
+        )
     print()
     if vs_bare:
         width = max(len(name) for name in vs_bare) + 2
@@ -588,7 +648,7 @@ def print_report(
                 f"{name:<{width}}{_fmt(values['rps_ratio'], 2):>18}"
                 f"{_fmt(values['added_p50_ms'], 3):>14}{_fmt(values['added_ttfb_ms'], 3):>10}"
             )
-    else:
+    elif not any(r.name == "bare" and r.skipped is None for r in results):
         print("vs bare: not available (bare proxy not measured)")
     print()
     print(f"targets ({SHIPPED} vs bare):")
@@ -746,9 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     args.target_cpus, pinning = pin_cpus(args.pin)
     loop = loop_name()
-    descriptions = {**BASE_TARGETS, **{s.name: s.description for s in SCENARIOS}}
-    fixed = {s.name for s in SCENARIOS if not s.unique_prompts}
-    targets = [Target(name, descriptions[name], name not in fixed) for name in args.only]
+    scenarios = {s.name: s for s in SCENARIOS}
+    targets = [Target(name, scenarios.get(name)) for name in args.only]
     with ExitStack() as stack, asyncio.Runner(loop_factory=new_event_loop) as runner:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aigw-bench-")))
         generator = pick_generator(args.generator, runner, workdir, loop)

@@ -71,6 +71,8 @@ class _State:
     key: str
     scope: str
     flight: asyncio.Future[CacheRecord | None] | None = None
+    #: The answer went to the write-back, which lands the flight when done.
+    writing: bool = False
 
 
 def uncacheable_request(payload: dict[str, Any]) -> str | None:
@@ -224,23 +226,31 @@ class ExactCachePlugin:
             log.debug("not caching key %s: %s", ctx.cache_key, why_not)
             return
         record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
-        if state.flight is not None:
-            self.flights.land(state.key, state.flight, record)
         assert self._gateway is not None
-        self._gateway.spawn(self._store(record), "exact-cache write-back")
+        state.writing = True
+        self._gateway.spawn(self._store(record, state.flight), "exact-cache write-back")
 
-    async def _store(self, record: CacheRecord) -> None:
+    async def _store(
+        self, record: CacheRecord, flight: asyncio.Future[CacheRecord | None] | None
+    ) -> None:
+        """Write the record, then release the waiters of its flight with it.
+
+        Landing after the write means a new identical request always finds either the flight
+        or the stored record, never neither.
+        """
         try:
             await self.store.set(record.key, encode(record), record.ttl)
+            self.stats["stored"] += 1
         except StoreError as err:
             self.failures.failed("store", err)
-            return
-        self.stats["stored"] += 1
+        finally:
+            if flight is not None:
+                self.flights.land(record.key, flight, record)
 
     @hookimpl
     async def on_log(self, ctx: RequestContext) -> None:
         state: _State | None = ctx.scratch.get(NAME)
-        if state is not None and state.flight is not None and not state.flight.done():
+        if state is not None and state.flight is not None and not state.writing:
             # The leader ended without a storable answer: wake the waiters to retry.
             self.flights.land(state.key, state.flight, None)
         if ctx.cache_status == "miss":

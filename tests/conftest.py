@@ -6,7 +6,9 @@ conf.d YAML files written to a temporary directory, exactly as ``aigw -c`` would
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from aiohttp.test_utils import TestServer
 from aigw.app import create_app
 from aigw.config import load_config
 from tests.fakes import FakeLLM
+from tests.redis_server import RedisServer
 
 UPSTREAM_KEY = "sk-upstream-secret"
 
@@ -122,3 +125,33 @@ async def gateway(make_gateway: GatewayFactory, upstream: Upstream) -> Gateway:
             "90-provider-proxy.yaml": provider_file(upstream),
         }
     )
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the whole session: ``AIGW_TEST_REDIS_URL``, or our own redis-server."""
+    url = os.environ.get("AIGW_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which the test may stop and restart."""
+    if os.environ.get("AIGW_TEST_REDIS_URL"):
+        pytest.skip("needs its own redis-server (AIGW_TEST_REDIS_URL is set)")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A Redis key prefix no other test uses."""
+    return f"aigw-test:{uuid.uuid4().hex[:12]}:"

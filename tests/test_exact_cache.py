@@ -1,0 +1,417 @@
+"""exact-cache end to end: the real gateway, the fake upstream (which counts calls), and both
+stores (memory, and a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import redis.asyncio as redis
+
+from aigw.app import GATEWAY, PLUGINS
+from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
+from tests.fakes import FakeLLM
+from tests.redis_server import RedisServer
+
+MSG = [{"role": "user", "content": "What is the capital of France?"}]
+CHAT = "/v1/chat/completions"
+ANSWER = "echo[gpt-4o]: What is the capital of France?"
+
+
+def cache_conf(upstream: Upstream, store: dict[str, Any], **cache: Any) -> dict[str, Any]:
+    return {
+        "20-skip-header.yaml": {"plugin": "skip-header"},
+        "30-exact-cache.yaml": {"plugin": "exact-cache", "config": {"store": store, **cache}},
+        "90-provider-proxy.yaml": provider_file(upstream, max_retries=0),
+    }
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {"type": "memory"}
+    url = request.getfixturevalue("redis_url")
+    return {"type": "redis", "url": url, "key_prefix": request.getfixturevalue("key_prefix")}
+
+
+@pytest.fixture
+async def gw(make_gateway: GatewayFactory, upstream: Upstream, store: dict[str, Any]) -> Gateway:
+    return await make_gateway(cache_conf(upstream, store))
+
+
+async def ask(gw: Gateway, **kw: Any) -> tuple[str | None, Any]:
+    """A non-stream chat through the openai client: (x-aigw-cache, parsed completion)."""
+    args = {"model": "gpt-4o", "messages": MSG, **kw}
+    raw = await gw.openai.chat.completions.with_raw_response.create(**args)
+    return raw.headers.get("x-aigw-cache"), raw.parse()
+
+
+async def ask_stream(gw: Gateway, **kw: Any) -> tuple[str | None, str, list[Any]]:
+    """A streamed chat: (x-aigw-cache, joined text, all chunks)."""
+    args = {"model": "gpt-4o", "messages": MSG, "stream": True, **kw}
+    raw = await gw.openai.chat.completions.with_raw_response.create(**args)
+    chunks = [c async for c in raw.parse()]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return raw.headers.get("x-aigw-cache"), text, chunks
+
+
+async def settle(gw: Gateway) -> None:
+    """Wait for background write-backs, so the next request sees what was stored."""
+    await gw.server.app[GATEWAY].drain(5)
+
+
+async def test_repeated_question_goes_upstream_once(gw: Gateway, upstream: Upstream) -> None:
+    status1, first = await ask(gw)
+    await settle(gw)
+    raw = await gw.openai.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSG)
+    second = raw.parse()
+    assert (status1, raw.headers["x-aigw-cache"]) == ("miss", "hit")
+    assert raw.headers["x-aigw-cache-type"] == "exact"
+    assert len(raw.headers["x-aigw-cache-key"]) == 16 and int(raw.headers["age"]) >= 0
+    assert upstream.llm.chat_calls == 1
+    assert second.choices[0].message.content == first.choices[0].message.content == ANSWER
+    assert second.model == first.model == "gpt-4o" and second.created == first.created
+    assert second.usage == first.usage and second.id != first.id
+    assert second.object == "chat.completion"
+
+
+async def test_stream_served_from_a_non_stream_answer(gw: Gateway, upstream: Upstream) -> None:
+    await ask(gw)
+    await settle(gw)
+    status, text, chunks = await ask_stream(gw, stream_options={"include_usage": True})
+    assert status == "hit" and text == ANSWER and upstream.llm.chat_calls == 1
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) > 1  # split like a real stream, not one giant frame
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert {c.object for c in chunks} == {"chat.completion.chunk"}
+    assert {c.model for c in chunks} == {"gpt-4o"} and len({c.id for c in chunks}) == 1
+
+
+async def test_non_stream_served_from_a_stream_answer(gw: Gateway, upstream: Upstream) -> None:
+    status, text, _ = await ask_stream(gw)
+    await settle(gw)
+    hit, completion = await ask(gw)
+    assert (status, hit) == ("miss", "hit") and upstream.llm.chat_calls == 1
+    assert completion.choices[0].message.content == text == ANSWER
+    # The proxy asked the upstream for usage, so the cached answer has it.
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == FakeLLM.count_tokens(ANSWER)
+    status, text, chunks = await ask_stream(gw)
+    assert status == "hit" and text == ANSWER
+    assert all(c.usage is None for c in chunks)  # usage chunk only when asked for
+
+
+TOOL_CALLS = [
+    {
+        "id": "call_abc",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'},
+    }
+]
+
+
+async def test_tool_call_answer_replayed_with_its_tool_calls(
+    make_gateway: GatewayFactory, upstream: Upstream, store: dict[str, Any]
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, store, cache_tool_calls=True))
+    upstream.llm.answer(tool_calls=TOOL_CALLS)
+    await ask(gw)
+    await settle(gw)
+    status, completion = await ask(gw)
+    assert status == "hit" and upstream.llm.chat_calls == 1
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert [tc.model_dump() for tc in message.tool_calls] == TOOL_CALLS
+    status, _, chunks = await ask_stream(gw)
+    assert status == "hit"
+    args = "".join(
+        tc.function.arguments or ""
+        for c in chunks
+        if c.choices
+        for tc in c.choices[0].delta.tool_calls or []
+    )
+    first = next(
+        c.choices[0].delta.tool_calls[0]
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert args == TOOL_CALLS[0]["function"]["arguments"]
+    assert (first.id, first.function.name) == ("call_abc", "get_weather")
+
+
+async def test_tool_calls_not_stored_unless_enabled(gw: Gateway, upstream: Upstream) -> None:
+    upstream.llm.answer(tool_calls=TOOL_CALLS)
+    await ask(gw)
+    await settle(gw)
+    status, _ = await ask(gw)
+    assert status == "miss" and upstream.llm.chat_calls == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "gpt-4o-mini"},
+        {"temperature": 0.2},
+        {"messages": [{"role": "system", "content": "Answer in French."}, *MSG]},
+        {"max_tokens": 10},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+async def test_a_change_that_matters_is_a_miss(
+    gw: Gateway, upstream: Upstream, change: dict[str, Any]
+) -> None:
+    await ask(gw)
+    await settle(gw)
+    status, _ = await ask(gw, **change)
+    assert status == "miss" and upstream.llm.chat_calls == 2
+
+
+async def test_key_reordered_body_hits(gw: Gateway, upstream: Upstream) -> None:
+    first = b'{"model":"gpt-4o","temperature":0,"messages":[{"role":"user","content":"hi"}]}'
+    second = b'{"messages":[{"content":"hi","role":"user"}],"temperature":0,"model":"gpt-4o"}'
+    headers = {"Content-Type": "application/json"}
+    async with gw.http.post(gw.url(CHAT), data=first, headers=headers) as resp:
+        assert resp.headers["x-aigw-cache"] == "miss"
+    await settle(gw)
+    async with gw.http.post(gw.url(CHAT), data=second, headers=headers) as resp:
+        assert resp.headers["x-aigw-cache"] == "hit"
+    assert upstream.llm.chat_calls == 1
+
+
+@pytest.mark.parametrize("finish", ["length", "content_filter"])
+async def test_truncated_or_filtered_answers_not_stored(
+    gw: Gateway, upstream: Upstream, finish: str
+) -> None:
+    upstream.llm.answer("cut off", finish_reason=finish)
+    await ask(gw)
+    await settle(gw)
+    status, completion = await ask(gw)
+    assert status == "miss" and completion.choices[0].finish_reason == "stop"
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_errors_not_stored(gw: Gateway, upstream: Upstream) -> None:
+    upstream.llm.fail(500, "boom")
+    with pytest.raises(openai.InternalServerError):
+        await ask(gw)
+    await settle(gw)
+    status, completion = await ask(gw)
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_aborted_stream_not_stored(gw: Gateway, upstream: Upstream) -> None:
+    upstream.llm.drop_stream(after_chunks=3)
+    with pytest.raises((openai.APIError, openai.APIConnectionError)):
+        await ask_stream(gw)
+    await settle(gw)
+    status, _, _ = await ask_stream(gw)
+    assert status == "miss" and upstream.llm.chat_calls == 2
+
+
+async def test_client_disconnect_not_stored(gw: Gateway, upstream: Upstream) -> None:
+    upstream.llm.answer(ANSWER, chunk_delay_s=0.1)
+    body = {"model": "gpt-4o", "messages": MSG, "stream": True}
+    async with gw.http.post(gw.url(CHAT), json=body) as resp:
+        await resp.content.readline()
+    await asyncio.wait_for(upstream.llm.last_call.done.wait(), 5)
+    await settle(gw)
+    status, _ = await ask(gw)
+    assert status == "miss" and upstream.llm.chat_calls == 2
+
+
+async def test_skip_header_skips_lookup_and_store(gw: Gateway, upstream: Upstream) -> None:
+    await ask(gw)
+    await settle(gw)
+    skip = {"extra_headers": {"x-higress-skip-ai-cache": "ON"}}
+    status, _ = await ask(gw, **skip)
+    assert status == "skip" and upstream.llm.chat_calls == 2
+    assert "x-higress-skip-ai-cache" not in upstream.llm.last_call.headers
+    upstream.llm.answer("fresh answer")
+    await ask(gw, messages=[{"role": "user", "content": "new question"}], **skip)
+    await settle(gw)
+    status, _ = await ask(gw, messages=[{"role": "user", "content": "new question"}])
+    assert status == "miss"  # the skipped answer was not stored
+
+
+async def test_cache_control_no_cache_refreshes(gw: Gateway, upstream: Upstream) -> None:
+    await ask(gw)
+    await settle(gw)
+    upstream.llm.answer("a newer answer")
+    status, completion = await ask(gw, extra_headers={"Cache-Control": "no-cache"})
+    assert status == "skip" and completion.choices[0].message.content == "a newer answer"
+    assert "cache-control" not in upstream.llm.last_call.headers
+    await settle(gw)
+    status, completion = await ask(gw)
+    assert status == "hit" and completion.choices[0].message.content == "a newer answer"
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_cache_control_no_store(gw: Gateway, upstream: Upstream) -> None:
+    no_store = {"extra_headers": {"Cache-Control": "no-store"}}
+    status, _ = await ask(gw, **no_store)
+    await settle(gw)
+    assert status == "miss"
+    status, _ = await ask(gw)
+    assert status == "miss"  # nothing was stored
+    await settle(gw)
+    status, _ = await ask(gw, **no_store)
+    assert status == "hit"  # no-store may still be answered from the cache
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_scope_separates_consumers_unless_shared(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    from aigw import hookimpl
+    from aigw.context import RequestContext
+
+    class HeaderConsumer:  # stands in for an auth plugin
+        @hookimpl
+        async def on_request(self, ctx: RequestContext) -> None:
+            ctx.consumer = ctx.request.headers.get("x-test-consumer")
+
+    import sys
+    import types
+
+    module = types.ModuleType("aigw_test_consumer")
+    module.HeaderConsumer = HeaderConsumer  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        for scope, second_status in (("consumer", "miss"), ("shared", "hit")):
+            conf = cache_conf(upstream, {"type": "memory"}, scope=scope)
+            conf["10-auth.yaml"] = {"plugin": "aigw_test_consumer:HeaderConsumer"}
+            gw = await make_gateway(conf, name=scope)
+            await ask(gw, extra_headers={"x-test-consumer": "alice"})
+            await settle(gw)
+            status, _ = await ask(gw, extra_headers={"x-test-consumer": "bob"})
+            assert status == second_status, scope
+    finally:
+        del sys.modules[module.__name__]
+
+
+async def test_fifty_concurrent_identical_requests_go_upstream_once(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    upstream.llm.hold()
+
+    async def one(i: int) -> tuple[str | None, str]:
+        if i % 2:
+            status, text, _ = await ask_stream(gw)
+            return status, text
+        status, completion = await ask(gw)
+        return status, completion.choices[0].message.content
+
+    tasks = [asyncio.create_task(one(i)) for i in range(50)]
+    await upstream.llm.wait_for_calls(1)
+    upstream.llm.release()
+    results = await asyncio.gather(*tasks)
+    assert upstream.llm.chat_calls == 1
+    assert {text for _, text in results} == {ANSWER}
+    assert sorted(s for s, _ in results).count("miss") == 1
+    assert [s for s, _ in results].count("hit") == 49
+
+
+async def test_leader_failure_lets_a_waiter_retry(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    upstream.llm.fail(500, "leader fails")
+    upstream.llm.hold()
+    tasks = [asyncio.create_task(ask(gw)) for _ in range(3)]
+    await upstream.llm.wait_for_calls(1)
+    upstream.llm.release()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, openai.InternalServerError)]
+    answers = sorted(r[0] for r in results if isinstance(r, tuple))
+    assert len(errors) == 1 and answers == ["hit", "miss"]
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_two_gateway_instances_share_redis(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    one = await make_gateway(cache_conf(upstream, store), name="one")
+    two = await make_gateway(cache_conf(upstream, store), name="two")
+    await ask(one)
+    await settle(one)
+    status, completion = await ask(two)
+    assert status == "hit" and completion.choices[0].message.content == ANSWER
+    assert upstream.llm.chat_calls == 1
+
+
+async def test_redis_restart_and_down(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = {"type": "redis", "url": redis_server.url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    await ask(gw)
+    await settle(gw)
+    assert (await ask(gw))[0] == "hit"
+
+    redis_server.stop()
+    status, completion = await ask(gw)  # Redis down: a miss, never an error
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+    await settle(gw)
+    assert cache.failures.counts["lookup"] >= 1 and cache.failures.counts["store"] >= 1
+    async with gw.http.get(gw.url("/readyz")) as resp:
+        assert resp.status == 503 and "exact-cache" in (await resp.json())["problems"][0]
+
+    redis_server.start()  # back, empty (no persistence): the pool reconnects by itself
+    assert (await ask(gw))[0] == "miss"
+    await settle(gw)
+    assert (await ask(gw))[0] == "hit"
+    assert upstream.llm.chat_calls == 3  # the first miss, while down, after the restart
+    async with gw.http.get(gw.url("/readyz")) as resp:
+        assert resp.status == 200
+
+
+async def test_garbage_in_redis_is_a_miss(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    await ask(gw)
+    await settle(gw)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{key_prefix}*")]
+        assert len(keys) == 1
+        ttl = await client.ttl(keys[0])
+        assert 1700 < ttl <= 1800  # the default TTL applies
+        stored = orjson.loads(await client.get(keys[0]))
+        assert stored["response"]["choices"][0]["message"]["content"] == ANSWER
+        await client.set(keys[0], b"\x00 not a record")
+    finally:
+        await client.aclose()
+    status, completion = await ask(gw)
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+
+
+async def test_slow_redis_is_bounded_by_the_timeout(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_server: RedisServer, key_prefix: str
+) -> None:
+    store = {"type": "redis", "url": redis_server.url, "key_prefix": key_prefix, "timeout_ms": 50}
+    gw = await make_gateway(cache_conf(upstream, store))
+    assert redis_server.proc is not None
+    import signal
+
+    redis_server.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, completion = await ask(gw)
+        elapsed = loop.time() - started
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+    assert elapsed < 1.0  # the lookup gave up after its 50 ms deadline
