@@ -299,7 +299,7 @@ def test_system_prompt_splits_the_key(payload: dict[str, Any], a: Any, b: Any) -
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(GEN_PARAMS))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_every_generation_parameter_splits_the_key(
     name: str, strategy: Strategy, data: st.DataObject
@@ -320,7 +320,7 @@ def test_every_generation_parameter_splits_the_key(
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("name", sorted(TRANSPORT))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_transport_and_caller_fields_do_not_change_the_key(
     name: str, strategy: Strategy, data: st.DataObject
