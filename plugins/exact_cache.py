@@ -96,11 +96,12 @@ def uncacheable_answer(ctx: RequestContext, allow_tool_calls: bool) -> str | Non
     if len(choices) != 1:
         return "not exactly one choice"
     finish = choices[0].get("finish_reason")
-    if finish == "tool_calls" and not allow_tool_calls:
+    message = choices[0].get("message") or {}
+    # Some servers end a forced tool call with finish_reason "stop": look at the message too.
+    if (finish == "tool_calls" or message.get("tool_calls")) and not allow_tool_calls:
         return "tool calls (cache_tool_calls is off)"
     if finish not in ("stop", "tool_calls"):
         return f"finish_reason {finish!r}"
-    message = choices[0].get("message") or {}
     if not message.get("content") and not message.get("tool_calls"):
         return "empty answer"
     return None

@@ -82,3 +82,13 @@ async def test_readme_plugin_example_works(
     async with gw.http.post(url, json={"model": "gpt-4o", "messages": msg}) as resp:
         assert resp.status == 200 and resp.headers["x-served-model"] == "served-by-mock"
     sys.modules.pop(module, None)
+
+
+@pytest.mark.parametrize(
+    "conf_dir", sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir()), ids=lambda p: p.name
+)
+def test_example_conf_sets_are_valid(conf_dir: Path) -> None:
+    from aigw.cli import describe
+    from aigw.config import load_config
+
+    assert "is valid" in describe(load_config(conf_dir))

@@ -36,7 +36,7 @@ def get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         if part == "@reverse" and isinstance(obj, list):
             obj = obj[::-1]
-        elif isinstance(obj, list) and part.isdigit():
+        elif isinstance(obj, list) and part.isascii() and part.isdigit():
             index = int(part)
             obj = obj[index] if index < len(obj) else None
         elif isinstance(obj, dict):
@@ -64,7 +64,7 @@ def question(payload: dict[str, Any], strategy: Strategy, key_from: str) -> Any:
 def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str) -> str | None:
     """The hex SHA-256 key of a request, or ``None`` when the strategy finds nothing to key."""
     picked = question(ctx.payload, strategy, key_from)
-    if picked is None or picked == "":
+    if picked in (None, "", []) or (isinstance(picked, list) and all(p is None for p in picked)):
         return None
     target = ctx.target
     material = {

@@ -15,7 +15,8 @@ from typing import Any, Final
 import orjson
 
 RECORD_VERSION: Final = 1
-_MESSAGE_FIELDS: Final = ("content", "tool_calls", "reasoning_content", "refusal")
+_TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
+_MESSAGE_FIELDS: Final = (*_TEXT_FIELDS, "tool_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,24 @@ class InvalidRecord(ValueError):
     """A stored value that is not a record this version can replay."""
 
 
+def _check_choice(choice: Any) -> None:
+    """Everything a replay reads from a choice has the type it expects."""
+    message = choice.get("message")
+    ok = (
+        isinstance(choice.get("index"), int)
+        and isinstance(message, dict)
+        and all(isinstance(message.get(f), str | None) for f in _TEXT_FIELDS)
+        and isinstance(message.get("tool_calls", []), list)
+        and all(
+            isinstance(call, dict) and isinstance(call.get("function", {}), dict)
+            for call in message.get("tool_calls") or ()
+        )
+        and isinstance(choice.get("finish_reason"), str | None)
+    )
+    if not ok:
+        raise InvalidRecord("malformed choice")
+
+
 def decode(raw: bytes) -> CacheRecord:
     """Parse and check a stored value; raises :class:`InvalidRecord`."""
     try:
@@ -92,8 +111,10 @@ def decode(raw: bytes) -> CacheRecord:
             raise InvalidRecord(f"record version {obj['v']!r}")
         response = obj["response"]
         choices = response["choices"]
-        if not choices or not all(isinstance(c.get("message"), dict) for c in choices):
+        if not isinstance(choices, list) or not choices:
             raise InvalidRecord("record without choices")
+        for choice in choices:
+            _check_choice(choice)
         return CacheRecord(
             response, float(obj["stored_at"]), int(obj["ttl"]), str(obj["key"]), str(obj["scope"])
         )

@@ -71,9 +71,9 @@ class MemoryStore:
         return value
 
     async def set(self, key: str, value: bytes, ttl: int) -> None:
+        self._drop(key)  # even when the new value is not kept: the old one is stale
         if len(value) > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for
-        self._drop(key)
         self._data[key] = (time.monotonic() + ttl, value)
         self.bytes += len(value)
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:

@@ -507,11 +507,5 @@ def test_get_path_does_not_modify_its_input() -> None:
     assert doc == DOC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="get_path uses str.isdigit(), which accepts Unicode digits such as '²' that int() "
-    "rejects, so a cacheKeyFrom like 'messages.²' raises ValueError instead of giving None",
-)
 def test_get_path_with_a_non_ascii_digit_gives_none() -> None:
     assert get_path(DOC, "messages.².content") is None

@@ -263,12 +263,6 @@ def test_a_damaged_record_only_raises_invalid_record(
     assert isinstance(record, CacheRecord)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decode() accepts a record whose choice has no 'index' (or whose tool_calls is not a "
-    "list), but stream_chunks() then raises KeyError/AttributeError mid-stream: a foreign or "
-    "corrupted value becomes a broken reply instead of a miss",
-)
 @pytest.mark.parametrize(
     "choices",
     [[{"message": {"content": "hi"}}], [{"index": 0, "message": {"tool_calls": "oops"}}]],

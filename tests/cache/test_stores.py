@@ -433,12 +433,6 @@ def test_tool_call_answers_need_the_allow_flag() -> None:
     assert uncacheable_answer(empty, True) == "empty answer"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uncacheable_answer only looks at finish_reason: an answer carrying tool_calls with "
-    "finish_reason 'stop' (what OpenAI returns when tool_choice names a function, and what "
-    "several OpenAI-compatible servers return) is cached even with cache_tool_calls off",
-)
 def test_tool_calls_with_finish_reason_stop_need_the_allow_flag() -> None:
     ctx = answer_ctx(200, answer(content=None, finish="stop", tool_calls=CALLS))
     assert uncacheable_answer(ctx, False) is not None
