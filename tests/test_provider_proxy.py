@@ -165,13 +165,14 @@ async def test_failover_to_fallback_provider(
         "max_retries": 1,
         "retry_backoff_s": 0,
         "fallbacks": ["backup"],
+        "models": {"gpt-4o": "primary-model"},
     }
     second = {
         "name": "backup",
         "type": "openai",
         "base_url": str(backup_server.make_url("/v1")),
         "api_keys": ["sk-backup"],
-        "models": {"*": "backup-model"},
+        "models": {"gpt-4o": "backup-model"},
     }
     gw = await make_gateway(
         {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [primary, second]}}}

@@ -66,8 +66,8 @@ class ProviderProxyPlugin:
     def describe(self) -> list[str]:
         """One line per provider: its type, URL and the models it serves (for logs/check)."""
         lines = []
+        in_use = self.router.providers_in_use()
         for p in self.config.providers:
-            in_use = self.router.providers_in_use()
             state = "" if p.name in in_use else "  (disabled)" if not p.enabled else "  (shadowed)"
             where = "" if p.type == "mock" else f" {p.url}"
             models = ", ".join(f"{k}→{v}" if v else k for k, v in p.models.items())
@@ -93,7 +93,7 @@ class ProviderProxyPlugin:
         if ctx.api is None:
             return self._models()
         assert ctx.target is not None  # the core resolved it before the request phase
-        candidates = self._candidates(ctx.target)
+        candidates = self._candidates(ctx.target, ctx.model)
         for i, target in enumerate(candidates):
             last = i == len(candidates) - 1
             try:
@@ -110,12 +110,13 @@ class ProviderProxyPlugin:
                 )
         raise AssertionError("unreachable")  # the last candidate returns or raises
 
-    def _candidates(self, first: Target) -> list[Target]:
-        """The target, then its provider's enabled fallbacks that serve the same model."""
+    def _candidates(self, first: Target, model: str) -> list[Target]:
+        """The target, then its provider's enabled fallbacks that serve the requested model
+        (each with its own mapping of that name)."""
         targets = [first]
         for name in self.providers[first.provider].fallbacks:
             router = self._own_routers.get(name)
-            routed = router.resolve(first.model) if router is not None else None
+            routed = router.resolve(model) if router is not None else None
             if routed is not None:
                 targets.append(routed)
         return targets
@@ -133,14 +134,7 @@ class ProviderProxyPlugin:
                 }
         assert ctx.api is not None
         if isinstance(backend, MockProvider):
-            if ctx.stream:
-                source = backend.stream(ctx.api, payload, target.model)
-                return Reply(
-                    stream=relay_stream(ctx, source, client_wants_usage, target.provider),
-                    content_type=SSE_CT,
-                )
-            body = await backend.body(ctx.api, payload, target.model)
-            return Reply(body=record_body(ctx, 200, body))
+            return await self._call_mock(ctx, backend, payload, target, client_wants_usage)
         body = ctx.body if payload is ctx.payload else orjson.dumps(payload)
         headers = upstream_headers(ctx.request.headers, ctx.strip_headers)
         headers["x-request-id"] = ctx.request_id
@@ -162,6 +156,23 @@ class ProviderProxyPlugin:
         return Reply(
             status=resp.status, body=record_body(ctx, resp.status, raw), headers=out_headers
         )
+
+    async def _call_mock(
+        self,
+        ctx: RequestContext,
+        mock: MockProvider,
+        payload: dict[str, Any],
+        target: Target,
+        client_wants_usage: bool,
+    ) -> Reply:
+        """The mock's answer, relayed through the same path as a real upstream's."""
+        assert ctx.api is not None
+        if ctx.stream:
+            source = mock.stream(ctx.api, payload, target.model)
+            stream = relay_stream(ctx, source, client_wants_usage, target.provider)
+            return Reply(stream=stream, content_type=SSE_CT)
+        body = await mock.body(ctx.api, payload, target.model)
+        return Reply(body=record_body(ctx, 200, body))
 
     def _models(self) -> Reply:
         data: list[dict[str, Any]] = [
