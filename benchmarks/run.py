@@ -494,12 +494,14 @@ def _target_cpu_us_per_request(cell: CellResult) -> float:
 
 
 def background_cores(target: Target) -> float:
-    """The most CPU (in cores) that other work took during any of the target's cells."""
+    """The most CPU (in cores) other work took during one of the target's cells.
+
+    Per concurrency the median over rounds, like the numbers reported, so one noisy round out
+    of three does not condemn a result its median already ignores.
+    """
     shares = [
-        cell.other_cpu_s / cell.seconds
+        statistics.median(cell.other_cpu_s / cell.seconds for cell in cells)
         for cells in target.rounds.values()
-        for cell in cells
-        if cell.seconds > 0
     ]
     return max(shares, default=math.nan)
 
@@ -623,7 +625,7 @@ def print_report(
     print(
         "non-stream chat completions, closed loop; cpu us/req = the target process's CPU "
         "per request; ttfb = first SSE data event, ms;\nother cores = the most CPU used by "
-        "anything but the benchmark's processes during any of the target's cells"
+        "anything but the benchmark's processes during one of the target's cells"
     )
     print()
     print(report_table(results, concurrencies))
@@ -634,7 +636,7 @@ def print_report(
         print(
             f"warning: other work took over {MAX_BACKGROUND_CORES} of a core while measuring "
             f"{', '.join(busy)}: those numbers are unreliable; rerun on a quiet machine, "
-            "or with --rounds 3 for medians"
+            "or with more --rounds (medians)"
         )
     print()
     if vs_bare:
@@ -663,6 +665,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     known = [*BASE_TARGETS, *(s.name for s in SCENARIOS)]
     default_only = [*BASE_TARGETS, *(s.name for s in SCENARIOS if s.default)]
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
         description="Benchmark aigw against a bare aiohttp proxy and the upstream itself.",
         epilog="targets: " + ", ".join(known),
     )
