@@ -21,7 +21,6 @@ Fails open: a store error, timeout or garbage value is a miss (or a skipped stor
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -33,7 +32,7 @@ from pydantic import ConfigDict, Field
 from aigw import hookimpl
 from aigw.cache.failopen import FailureLog
 from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key
-from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_record
+from aigw.cache.record import CacheRecord, InvalidRecord, make_record
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.replay import replay
 from aigw.cache.singleflight import SingleFlight
@@ -66,11 +65,11 @@ class ExactCacheConfig(Settings):
 
 @dataclass(slots=True)
 class _State:
-    """Per-request scratch: the full key and, for a leader, its flight."""
+    """Per-request scratch: the full key, and whether this request leads its flight."""
 
     key: str
     scope: str
-    flight: asyncio.Future[CacheRecord | None] | None = None
+    leading: bool = False
     #: The answer went to the write-back, which lands the flight when done.
     writing: bool = False
 
@@ -173,8 +172,7 @@ class ExactCachePlugin:
 
     async def _lookup(self, key: str) -> CacheRecord | None:
         try:
-            raw = await self.store.get(key)
-            record = decode(raw) if raw is not None else None
+            record = await self.store.get(key)
         except (StoreError, InvalidRecord) as err:
             self.failures.failed("lookup", err)
             return None
@@ -187,8 +185,8 @@ class ExactCachePlugin:
         """Lead the flight for this key, or wait for the leader and answer from its record."""
         deadline = time.monotonic() + self.config.single_flight_timeout_s
         while True:
-            state.flight = self.flights.lead(state.key)
-            if state.flight is not None:
+            state.leading = self.flights.lead(state.key)
+            if state.leading:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -227,32 +225,33 @@ class ExactCachePlugin:
             log.debug("not caching key %s: %s", ctx.cache_key, why_not)
             return
         record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
-        assert self._gateway is not None
         state.writing = True
-        self._gateway.spawn(self._store(record, state.flight), "exact-cache write-back")
+        if self.store.local:
+            await self._store(record, state.leading)  # no I/O: cheaper than a task
+        else:
+            assert self._gateway is not None
+            self._gateway.spawn(self._store(record, state.leading), "exact-cache write-back")
 
-    async def _store(
-        self, record: CacheRecord, flight: asyncio.Future[CacheRecord | None] | None
-    ) -> None:
-        """Write the record, then release the waiters of its flight with it.
+    async def _store(self, record: CacheRecord, leading: bool) -> None:
+        """Write the record, then release the followers of its flight with it.
 
         Landing after the write means a new identical request always finds either the flight
         or the stored record, never neither.
         """
         try:
-            await self.store.set(record.key, encode(record), record.ttl)
+            await self.store.set(record)
             self.stats["stored"] += 1
         except StoreError as err:
             self.failures.failed("store", err)
         finally:
-            if flight is not None:
-                self.flights.land(record.key, flight, record)
+            if leading:
+                self.flights.land(record.key, record)
 
     @hookimpl
     async def on_log(self, ctx: RequestContext) -> None:
         state: _State | None = ctx.scratch.get(NAME)
-        if state is not None and state.flight is not None and not state.writing:
-            # The leader ended without a storable answer: wake the waiters to retry.
-            self.flights.land(state.key, state.flight, None)
+        if state is not None and state.leading and not state.writing:
+            # The leader ended without a storable answer: wake the followers to retry.
+            self.flights.land(state.key, None)
         if ctx.cache_status == "miss":
             self.stats["miss"] += 1

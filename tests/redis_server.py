@@ -22,7 +22,7 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; ``start``/``stop`` may be repeated on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -31,6 +31,7 @@ class RedisServer:
             )
         self.binary = binary
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
 
@@ -52,6 +53,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

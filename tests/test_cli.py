@@ -20,6 +20,7 @@ import pytest
 import aigw
 from aigw.cli import main
 from tests.conftest import UPSTREAM_KEY, Upstream, write_conf
+from tests.redis_server import free_port
 
 SHIPPED = Path(__file__).parent.parent / "conf.d"
 ENV_KNOBS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AIGW_HOST", "AIGW_PORT")
@@ -231,9 +232,10 @@ def test_shipped_conf_with_openai_key(
 
 @contextlib.asynccontextmanager
 async def aigw_process(
-    env: dict[str, str],
+    env: dict[str, str], *args: str, servers: int = 1
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """Start ``python -m aigw -c <shipped conf.d> --port 0``; yield it and its bound port."""
+    """Start ``python -m aigw -c <shipped conf.d> --port 0 [args]``; yield it and its bound
+    port once ``servers`` processes said they are serving."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -242,6 +244,7 @@ async def aigw_process(
         str(SHIPPED),
         "--port",
         "0",
+        *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -251,15 +254,16 @@ async def aigw_process(
     seen: list[str] = []
     drain: asyncio.Task[None] | None = None
     try:
-        port = None
+        ports: list[int] = []
         async with asyncio.timeout(TIMEOUT_S):
-            while port is None:
+            while len(ports) < servers:
                 raw = await proc.stderr.readline()
                 if not raw:
                     pytest.fail("aigw exited before serving:\n" + "".join(seen))
                 seen.append(raw.decode(errors="replace"))
                 if m := SERVING.search(seen[-1]):
-                    port = int(m.group(1))
+                    ports.append(int(m.group(1)))
+        port = ports[0]
 
         async def keep_reading() -> None:  # a full pipe must never block the gateway
             assert proc.stderr is not None
@@ -334,3 +338,34 @@ async def test_serve_shipped_conf_with_openai_key(upstream: Upstream) -> None:
     assert content.startswith("echo[gpt-4o]:")
     assert content == f"echo[gpt-4o]: {text}"
     assert "[mock" not in content
+
+
+async def test_serve_with_two_workers_on_one_port() -> None:
+    port = free_port()
+    args = ("--port", str(port), "--workers", "2")
+    async with aigw_process(child_env(), *args, servers=2) as (proc, bound):
+        assert bound == port
+        async with client_for(port) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.chat.completions.create(model="gpt-4o", messages=user(f"q{i}"))
+                    for i in range(20)
+                )
+            )
+        workers = psutil_children(proc.pid)
+    assert [a.choices[0].message.content for a in answers] == [
+        f"[mock gpt-4o] You said: q{i}" for i in range(20)
+    ]
+    assert len(workers) == 2
+
+
+def psutil_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s worker processes, from /proc (multiprocessing's resource
+    tracker, also a child, is not a worker)."""
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["check", "-c", str(SHIPPED), "--port", "0", "--workers", "2"], capsys)
+    assert code == 2 and "fixed port" in err

@@ -415,3 +415,67 @@ async def test_slow_redis_is_bounded_by_the_timeout(
         redis_server.proc.send_signal(signal.SIGCONT)
     assert status == "miss" and completion.choices[0].message.content == ANSWER
     assert elapsed < 1.0  # the lookup gave up after its 50 ms deadline
+
+
+async def test_higress_last_question_strategy(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(
+        cache_conf(upstream, {"type": "memory"}, cacheKeyStrategy="lastQuestion")
+    )
+    first = [{"role": "system", "content": "Be brief."}, *MSG]
+    second = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}, *MSG]
+    await ask(gw, messages=first)
+    await settle(gw)
+    status, completion = await ask(gw, messages=second)  # same last question: a hit
+    assert status == "hit" and completion.choices[0].message.content == ANSWER
+    status, _ = await ask(gw, messages=second, model="gpt-4o-mini")  # model still keyed
+    assert status == "miss"
+
+
+async def test_log_lines_keep_higress_phrases_without_the_prompt(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="aigw.exact_cache")
+    await ask(gw)
+    await settle(gw)
+    raw = await gw.openai.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSG)
+    short = raw.headers["x-aigw-cache-key"]
+    text = caplog.text
+    assert f"cache miss for key: {short}" in text and f"cache hit for key: {short}" in text
+    assert "capital of France" not in text
+
+
+async def test_shutdown_drains_the_write_back(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    await ask(gw)
+    await gw.server.close()  # no settle(): shutdown itself must wait for the write
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert len([k async for k in client.scan_iter(match=f"{key_prefix}*")]) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_redis_with_a_password(
+    make_gateway: GatewayFactory, upstream: Upstream, tmp_path: Any, key_prefix: str
+) -> None:
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    server.start()
+    try:
+        good = {"type": "redis", "url": server.url, "password": "s3cret", "key_prefix": key_prefix}
+        gw = await make_gateway(cache_conf(upstream, good), name="good")
+        await ask(gw)
+        await settle(gw)
+        assert (await ask(gw))[0] == "hit"
+        bad = {**good, "password": "wrong"}
+        gw_bad = await make_gateway(cache_conf(upstream, bad), name="bad")
+        status, completion = await ask(gw_bad)  # refused by Redis: a miss, not an error
+        assert status == "miss" and completion.choices[0].message.content == ANSWER
+        cache = dict(gw_bad.server.app[PLUGINS].order)["exact-cache"]
+        assert cache.failures.counts["lookup"] == 1
+    finally:
+        server.stop()

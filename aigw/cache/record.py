@@ -9,7 +9,7 @@ is not a well-formed record, so a corrupted or foreign value is a miss, never a 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -28,6 +28,8 @@ class CacheRecord:
     ttl: int
     key: str
     scope: str
+    #: The replayed JSON body around its id, rendered on first use (see replay.py).
+    rendered: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def age(self) -> int:

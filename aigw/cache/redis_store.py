@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from aigw.config import Settings
 
+from .record import CacheRecord, decode, encode
 from .stores import StoreError
 
 T = TypeVar("T")
@@ -50,6 +51,8 @@ class RedisStoreConfig(Settings):
 
 class RedisStore:
     """Exact store on a shared Redis: what lets several gateway instances share answers."""
+
+    local = False
 
     def __init__(self, config: RedisStoreConfig) -> None:
         self.prefix = config.key_prefix
@@ -81,14 +84,17 @@ class RedisStore:
         except (RedisError, OSError) as err:
             raise StoreError(f"redis {what}: {err}") from None
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> CacheRecord | None:
         value = await self._run("GET", self.client.get(self.prefix + key))
-        if value is not None and not isinstance(value, bytes):
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
             raise StoreError("redis GET: unexpected value type")
-        return value
+        return decode(value)
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
-        await self._run("SET", self.client.set(self.prefix + key, value, ex=ttl))
+    async def set(self, record: CacheRecord) -> None:
+        value = encode(record)
+        await self._run("SET", self.client.set(self.prefix + record.key, value, ex=record.ttl))
 
     async def delete(self, key: str) -> None:
         await self._run("DEL", self.client.delete(self.prefix + key))

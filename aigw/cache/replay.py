@@ -9,7 +9,7 @@ Every replay gets a fresh ``chatcmpl-`` id, since ids name responses.
 
 from __future__ import annotations
 
-import os
+import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,15 +22,31 @@ from .record import CacheRecord
 
 
 def _new_id() -> str:
-    return "chatcmpl-" + os.urandom(12).hex()
+    # Ids name responses; they need to be unique, not unpredictable (no syscall per reply).
+    return f"chatcmpl-{random.getrandbits(96):024x}"
+
+
+_ID_SLOT = "chatcmpl-@@aigw-id@@"
 
 
 def completion_body(record: CacheRecord) -> bytes:
-    """The non-streamed ``chat.completion`` body."""
+    """The non-streamed ``chat.completion`` body, with a fresh id.
+
+    The body is rendered once per record (the memory store keeps records, so a hot entry is
+    serialised once) and each reply only splices its own id in.
+    """
+    if not record.rendered:
+        head, _, tail = _render(record).partition(_ID_SLOT.encode())
+        record.rendered[:] = [head, tail]
+    head, tail = record.rendered
+    return head + _new_id().encode() + tail
+
+
+def _render(record: CacheRecord) -> bytes:
     r = record.response
     choices = [{**c, "message": dict(c["message"]), "logprobs": None} for c in r["choices"]]
     body = {
-        "id": _new_id(),
+        "id": _ID_SLOT,  # first key, so the first occurrence is the id
         "object": "chat.completion",
         "created": r.get("created"),
         "model": r.get("model"),

@@ -1,8 +1,10 @@
 """Exact-cache stores: the :class:`ExactStore` protocol and the bounded in-memory store.
 
-A store maps a key to bytes with a TTL. It raises :class:`StoreError` (or lets a backend
-error through) on failure; the cache plugin turns every failure into a miss (fail open).
-The Redis store is in :mod:`aigw.cache.redis_store`.
+A store maps a key to a :class:`~aigw.cache.record.CacheRecord` for the record's TTL. It raises
+:class:`StoreError` when the backend fails and :class:`~aigw.cache.record.InvalidRecord` when
+what it holds is not a record; the cache plugin turns both into a miss (fail open). The memory
+store keeps record objects (no serialisation on the hot path); the Redis store, in
+:mod:`aigw.cache.redis_store`, serialises them.
 """
 
 from __future__ import annotations
@@ -15,19 +17,24 @@ from pydantic import Field
 
 from aigw.config import Settings
 
+from .record import CacheRecord, encode
+
 
 class StoreError(Exception):
     """A store could not answer."""
 
 
 class ExactStore(Protocol):
-    """Key → bytes with a TTL; async so that networked stores fit."""
+    """Key → record with a TTL; async so that networked stores fit."""
 
-    async def get(self, key: str) -> bytes | None:
-        """The value, or ``None`` when absent or expired."""
+    #: True when calls never wait for I/O, so the cache writes inline instead of in a task.
+    local: bool
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
-        """Store ``value`` for ``ttl`` seconds."""
+    async def get(self, key: str) -> CacheRecord | None:
+        """The record, or ``None`` when absent or expired."""
+
+    async def set(self, record: CacheRecord) -> None:
+        """Store ``record`` under ``record.key`` for ``record.ttl`` seconds."""
 
     async def delete(self, key: str) -> None:
         """Forget ``key``."""
@@ -48,34 +55,38 @@ class MemoryStoreConfig(Settings):
 
 
 class MemoryStore:
-    """An LRU dict with per-entry expiry, bounded in entries and in bytes."""
+    """An LRU dict with per-entry expiry, bounded in entries and in (serialised) bytes."""
+
+    local = True
 
     def __init__(self, config: MemoryStoreConfig) -> None:
         self.max_entries = config.max_entries
         self.max_bytes = config.max_bytes
-        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[float, int, CacheRecord]] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str) -> CacheRecord | None:
         item = self._data.get(key)
         if item is None:
             return None
-        expires, value = item
+        expires, _, record = item
         if expires <= time.monotonic():
             self._drop(key)
             return None
         self._data.move_to_end(key)
-        return value
+        return record
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
+    async def set(self, record: CacheRecord) -> None:
+        key = record.key
         self._drop(key)  # even when the new value is not kept: the old one is stale
-        if len(value) > self.max_bytes:
+        size = len(encode(record))  # what it would weigh serialised, as in Redis
+        if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for
-        self._data[key] = (time.monotonic() + ttl, value)
-        self.bytes += len(value)
+        self._data[key] = (time.monotonic() + record.ttl, size, record)
+        self.bytes += size
         while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
 
@@ -85,7 +96,7 @@ class MemoryStore:
     def _drop(self, key: str) -> None:
         item = self._data.pop(key, None)
         if item is not None:
-            self.bytes -= len(item[1])
+            self.bytes -= item[1]
 
     async def ping(self) -> None:
         return None
