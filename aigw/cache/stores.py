@@ -3,8 +3,8 @@
 A store maps a key to a :class:`~aigw.cache.record.CacheRecord` for the record's TTL. It raises
 :class:`StoreError` when the backend fails and :class:`~aigw.cache.record.InvalidRecord` when
 what it holds is not a record; the cache plugin turns both into a miss (fail open). The memory
-store keeps record objects (no serialisation on the hot path); the Redis store, in
-:mod:`aigw.cache.redis_store`, serialises them.
+store keeps record objects, so a hit deserialises nothing (records are shared: treat them as
+read-only); the Redis store, in :mod:`aigw.cache.redis_store`, serialises them.
 """
 
 from __future__ import annotations
@@ -47,7 +47,11 @@ class ExactStore(Protocol):
 
 
 class MemoryStoreConfig(Settings):
-    """``type: memory``: per process; bounded by ``max_entries`` and ``max_bytes`` (LRU)."""
+    """``type: memory``: per process; bounded by ``max_entries`` and ``max_bytes`` (LRU).
+
+    ``max_bytes`` counts each record at its serialised size; a record that has been replayed
+    also holds its rendered reply, so the process may use up to about twice ``max_bytes``.
+    """
 
     type: Literal["memory"] = "memory"
     max_entries: int = Field(10_000, ge=1)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from aigw.cache import failopen, stores
 from aigw.cache.failopen import FailureLog
-from aigw.cache.record import CacheRecord
+from aigw.cache.record import CacheRecord, encode, make_record, normalise
 from aigw.cache.singleflight import SingleFlight
 from aigw.cache.stores import MemoryStore, MemoryStoreConfig
 from aigw.context import RequestContext, Target
@@ -47,24 +47,69 @@ def memory(max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> Memo
 
 # --------------------------------------------------------------------------- MemoryStore
 
+SCOPE = "scope"
+
+
+def completion(text: str) -> dict[str, Any]:
+    """An upstream ``chat.completion`` answering ``text``."""
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+
+
+def rec(key: str, text: str = "answer", ttl: int = 60) -> CacheRecord:
+    """A record of an answer of ``text`` under ``key``."""
+    return make_record(completion(text), key, SCOPE, ttl)
+
+
+def weight(record: CacheRecord) -> int:
+    """What the store charges for ``record``: its serialised size."""
+    return len(encode(record))
+
+
+def weighing(size: int, key: str, ttl: int = 60) -> CacheRecord:
+    """A record under ``key`` that weighs exactly ``size`` bytes (the answer text pads it)."""
+    empty = rec(key, "", ttl)
+    padding = size - weight(empty)
+    assert padding >= 0, f"a record under {key!r} weighs at least {weight(empty)} bytes"
+    padded = CacheRecord(normalise(completion("x" * padding)), empty.stored_at, ttl, key, SCOPE)
+    assert weight(padded) == size
+    return padded
+
 
 async def test_memory_get_set_delete(clock: Clock) -> None:
     store = memory()
+    assert store.local is True
     assert await store.get("a") is None
-    await store.set("a", b"one", 60)
-    await store.set("b", b"two", 60)
-    assert await store.get("a") == b"one"
-    assert await store.get("b") == b"two"
+    a, b = rec("a", "one"), rec("b", "two")
+    await store.set(a)
+    await store.set(b)
+    assert await store.get("a") is a  # the very object that was set, not a copy
+    assert await store.get("b") is b
     assert len(store) == 2
-    await store.set("a", b"uno", 60)
-    assert await store.get("a") == b"uno"
+    assert store.bytes == weight(a) + weight(b)
+    uno = rec("a", "uno")
+    await store.set(uno)  # stored under its own key: replaces a
+    assert await store.get("a") is uno
     assert len(store) == 2
     await store.delete("a")
     assert await store.get("a") is None
-    assert await store.get("b") == b"two"
+    assert await store.get("b") is b
     await store.delete("a")  # deleting a missing key is fine
     await store.delete("never")
     assert len(store) == 1
+    assert store.bytes == weight(b)
     assert await store.ping() is None
     await store.aclose()
     assert len(store) == 0
@@ -74,16 +119,17 @@ async def test_memory_get_set_delete(clock: Clock) -> None:
 
 async def test_memory_ttl_expiry(clock: Clock) -> None:
     store = memory()
-    await store.set("short", b"s", 10)
-    await store.set("long", b"l" * 5, 100)
-    assert store.bytes == 6
+    short, long = rec("short", "s", ttl=10), rec("long", "lllll", ttl=100)
+    await store.set(short)
+    await store.set(long)
+    assert store.bytes == weight(short) + weight(long)
     clock.now += 9.999
-    assert await store.get("short") == b"s"
+    assert await store.get("short") is short
     clock.now += 0.001  # exactly the TTL: gone
     assert await store.get("short") is None
     assert len(store) == 1
-    assert store.bytes == 5
-    assert await store.get("long") == b"lllll"
+    assert store.bytes == weight(long)
+    assert await store.get("long") is long
     clock.now += 90
     assert await store.get("long") is None
     assert len(store) == 0
@@ -92,83 +138,122 @@ async def test_memory_ttl_expiry(clock: Clock) -> None:
 
 async def test_memory_overwrite_renews_the_ttl(clock: Clock) -> None:
     store = memory()
-    await store.set("a", b"1", 10)
+    await store.set(rec("a", "1", ttl=10))
     clock.now += 8
-    await store.set("a", b"2", 10)
+    second = rec("a", "2", ttl=10)
+    await store.set(second)
     clock.now += 8
-    assert await store.get("a") == b"2"
+    assert await store.get("a") is second
     clock.now += 2
     assert await store.get("a") is None
+    assert store.bytes == 0
 
 
 async def test_memory_evicts_the_least_recently_used_entry(clock: Clock) -> None:
     store = memory(max_entries=3)
-    for key in "abc":
-        await store.set(key, key.encode(), 60)
-    assert await store.get("a") == b"a"  # a is now the most recently used
-    await store.set("d", b"d", 60)
+    records = {key: rec(key, key) for key in "abc"}
+    for record in records.values():
+        await store.set(record)
+    assert await store.get("a") is records["a"]  # a is now the most recently used
+    d = rec("d", "d")
+    await store.set(d)
     assert len(store) == 3
     assert await store.get("b") is None
-    assert await store.get("a") == b"a"
-    assert await store.get("c") == b"c"
-    assert await store.get("d") == b"d"
+    assert await store.get("a") is records["a"]
+    assert await store.get("c") is records["c"]
+    assert await store.get("d") is d
     # overwriting counts as use too
-    await store.set("a", b"A", 60)  # order now: c, d, a
-    await store.set("e", b"e", 60)
+    a_again = rec("a", "A")
+    await store.set(a_again)  # order now: c, d, a
+    e = rec("e", "e")
+    await store.set(e)
     assert await store.get("c") is None
-    assert [await store.get(k) for k in "ade"] == [b"A", b"d", b"e"]
-    assert store.bytes == 3
+    for key, record in zip("ade", (a_again, d, e), strict=True):
+        assert await store.get(key) is record
+    assert store.bytes == weight(a_again) + weight(d) + weight(e)
 
 
 async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     store = memory(max_bytes=1024)
-    await store.set("a", b"a" * 400, 60)
-    await store.set("b", b"b" * 400, 60)
+    a, b, c = weighing(400, "a"), weighing(400, "b"), weighing(400, "c")
+    await store.set(a)
+    await store.set(b)
     assert store.bytes == 800
-    assert await store.get("a") is not None  # a is used, so b goes first
-    await store.set("c", b"c" * 400, 60)
+    assert await store.get("a") is a  # a is used, so b goes first
+    await store.set(c)
     assert await store.get("b") is None
-    assert await store.get("a") == b"a" * 400
-    assert await store.get("c") == b"c" * 400
+    assert await store.get("a") is a
+    assert await store.get("c") is c
+    assert len(store) == 2
     assert store.bytes == 800
-    # one value of exactly max_bytes pushes everything else out
-    await store.set("big", b"x" * 1024, 60)
+    # one record of exactly max_bytes pushes everything else out
+    big = weighing(1024, "big")
+    await store.set(big)
     assert len(store) == 1
     assert store.bytes == 1024
-    assert await store.get("big") == b"x" * 1024
+    assert await store.get("big") is big
+    assert await store.get("a") is None
+    assert await store.get("c") is None
 
 
 async def test_memory_bytes_accounting(clock: Clock) -> None:
     store = memory()
-    await store.set("a", b"x" * 100, 60)
-    await store.set("b", b"y" * 50, 60)
-    assert store.bytes == 150
-    await store.set("a", b"z" * 30, 60)
-    assert store.bytes == 80
-    await store.set("a", b"z" * 300, 60)
-    assert store.bytes == 350
+    a100, b50 = rec("a", "x" * 100), rec("b", "y" * 50)
+    await store.set(a100)
+    await store.set(b50)
+    assert store.bytes == weight(a100) + weight(b50)
+    a30 = rec("a", "z" * 30)
+    await store.set(a30)  # a smaller record replaces a larger one
+    assert store.bytes == weight(a30) + weight(b50)
+    a300 = rec("a", "z" * 300)
+    await store.set(a300)  # and a larger a smaller one
+    assert store.bytes == weight(a300) + weight(b50)
     await store.delete("a")
-    assert store.bytes == 50
+    assert store.bytes == weight(b50)
     await store.delete("a")
-    assert store.bytes == 50
+    assert store.bytes == weight(b50)
     await store.delete("b")
     assert store.bytes == 0
 
 
-async def test_memory_does_not_store_a_value_larger_than_max_bytes(clock: Clock) -> None:
+async def test_memory_weighs_records_as_serialised(clock: Clock) -> None:
+    """The weight is the serialised size, whatever the record holds beyond it."""
+    store = memory()
+    record = rec("k", "some answer")
+    record.rendered[:] = [b"h" * 1000, b"t" * 1000]  # the replay's render cache is not counted
+    await store.set(record)
+    assert store.bytes == len(encode(record))
+    assert await store.get("k") is record
+
+
+async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Clock) -> None:
     store = memory(max_bytes=1024)
-    await store.set("small", b"s" * 10, 60)
-    await store.set("huge", b"h" * 1025, 60)
+    small = rec("small", "s" * 10)
+    await store.set(small)
+    await store.set(weighing(1025, "huge"))
     assert await store.get("huge") is None
-    assert await store.get("small") == b"s" * 10  # nothing was evicted for it
+    assert await store.get("small") is small  # nothing was evicted for it
     assert len(store) == 1
-    assert store.bytes == 10
+    assert store.bytes == weight(small)
+
+
+async def test_memory_a_record_too_heavy_to_store_drops_the_previous_one(clock: Clock) -> None:
+    store = memory(max_bytes=1024)
+    old, other = rec("k", "old"), rec("other", "o")
+    await store.set(old)
+    await store.set(other)
+    await store.set(weighing(1025, "k"))  # not stored, and the old entry for k is stale
+    assert await store.get("k") is None
+    assert await store.get("other") is other
+    assert len(store) == 1
+    assert store.bytes == weight(other)
 
 
 keys = st.sampled_from("abcdefgh")
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("set"), keys, st.integers(0, 700), st.integers(1, 20)),
+        # answers from 0 to 900 characters: records of ~330 to ~1230 bytes, around max_bytes
+        st.tuples(st.just("set"), keys, st.integers(0, 900), st.integers(1, 20)),
         st.tuples(st.just("get"), keys),
         st.tuples(st.just("delete"), keys),
         st.tuples(st.just("tick"), st.integers(0, 10)),
@@ -177,7 +262,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(ops=ops, max_entries=st.integers(1, 5))
 async def test_memory_bounds_hold_under_any_operations(
     ops: list[tuple[Any, ...]], max_entries: int
@@ -189,10 +274,13 @@ async def test_memory_bounds_hold_under_any_operations(
         for op in ops:
             if op[0] == "set":
                 _, key, size, ttl = op
-                value = key.encode() * size
-                await store.set(key, value, ttl)
-                # the value just written is always readable (it fits in max_bytes)
-                assert await store.get(key) == value
+                record = rec(key, key * size, ttl)
+                await store.set(record)
+                if weight(record) <= 1024:
+                    # the record just written is always readable (it fits in max_bytes)
+                    assert await store.get(key) is record
+                else:
+                    assert await store.get(key) is None
             elif op[0] == "get":
                 await store.get(op[1])
             elif op[0] == "delete":
@@ -202,88 +290,115 @@ async def test_memory_bounds_hold_under_any_operations(
                 fake.now += op[1]
             assert len(store) <= max_entries
             assert 0 <= store.bytes <= 1024
-            live = store._data.values()
-            assert store.bytes == sum(len(v) for _, v in live)
+            live = [item[-1] for item in store._data.values()]
+            assert store.bytes == sum(weight(r) for r in live)
+            assert all(r.key == k for k, r in zip(store._data, live, strict=True))
 
 
 # --------------------------------------------------------------------------- SingleFlight
 
 
-def record(text: str = "answer") -> CacheRecord:
-    return CacheRecord({"choices": [{"message": {"content": text}}]}, 0.0, 60, "k", "s")
-
-
 async def test_first_lead_wins_and_the_second_waits() -> None:
     flights = SingleFlight()
-    future = flights.lead("k")
-    assert future is not None
-    assert not future.done()
-    assert flights.lead("k") is None
+    assert flights.lead("k") is True
+    assert flights.lead("k") is False
+    assert flights.lead("k") is False
     assert len(flights) == 1
-    other = flights.lead("other")
-    assert other is not None
-    assert other is not future
+    assert flights.lead("other") is True  # flights are per key
     assert len(flights) == 2
+    flights.land("k", None)  # a flight nobody waited for lands too
+    assert len(flights) == 1
+    assert flights.lead("k") is True
 
 
 async def test_waiters_get_the_landed_record() -> None:
     flights = SingleFlight()
-    future = flights.lead("k")
-    assert future is not None
-    answer = record()
-    waiters = [asyncio.create_task(flights.wait("k", 30)) for _ in range(3)]
+    assert flights.lead("k")
+    assert flights.lead("other")
+    answer = rec("k")
+    waiters = [asyncio.create_task(flights.wait("k", 5)) for _ in range(3)]
+    bystander = asyncio.create_task(flights.wait("other", 5))
     # call_soon runs callbacks in order: the waiters start waiting before the leader lands
-    asyncio.get_running_loop().call_soon(flights.land, "k", future, answer)
-    assert await asyncio.gather(*waiters) == [answer, answer, answer]
-    assert future.result() is answer
+    asyncio.get_running_loop().call_soon(flights.land, "k", answer)
+    results = await asyncio.gather(*waiters)
+    assert all(result is answer for result in results)
+    assert len(flights) == 1
+    assert not bystander.done()  # landing k does not end the flight of another key
+    assert await flights.wait("k", 5) is None  # the flight is over
+    assert flights.lead("k") is True
+    flights.land("other", None)
+    assert await bystander is None
+    flights.land("k", None)
     assert len(flights) == 0
-    assert await flights.wait("k", 30) is None  # the flight is over
 
 
 async def test_land_none_wakes_waiters_and_frees_the_key() -> None:
     flights = SingleFlight()
-    future = flights.lead("k")
-    assert future is not None
-    waiters = [asyncio.create_task(flights.wait("k", 30)) for _ in range(2)]
-    asyncio.get_running_loop().call_soon(flights.land, "k", future, None)
+    assert flights.lead("k")
+    waiters = [asyncio.create_task(flights.wait("k", 5)) for _ in range(2)]
+    asyncio.get_running_loop().call_soon(flights.land, "k", None)
     assert await asyncio.gather(*waiters) == [None, None]
     assert len(flights) == 0
-    again = flights.lead("k")
-    assert again is not None
-    assert again is not future
+    assert flights.lead("k") is True
+
+
+async def test_followers_woken_with_none_elect_exactly_one_new_leader() -> None:
+    flights = SingleFlight()
+    assert flights.lead("k")
+
+    async def follow() -> bool:
+        assert await flights.wait("k", 5) is None
+        return flights.lead("k")
+
+    followers = [asyncio.create_task(follow()) for _ in range(3)]
+    asyncio.get_running_loop().call_soon(flights.land, "k", None)
+    assert sorted(await asyncio.gather(*followers)) == [False, False, True]
+    assert len(flights) == 1
 
 
 async def test_wait_without_a_flight_is_none() -> None:
-    assert await SingleFlight().wait("nobody", 30) is None
+    flights = SingleFlight()
+    assert await flights.wait("nobody", 5) is None
+    assert len(flights) == 0  # waiting does not start a flight
+    assert flights.lead("nobody") is True
 
 
 async def test_wait_times_out_with_none_and_leaves_the_flight() -> None:
     flights = SingleFlight()
-    future = flights.lead("k")
-    assert future is not None
+    assert flights.lead("k")
+    patient = asyncio.create_task(flights.wait("k", 5))
     assert await flights.wait("k", 0.01) is None
-    assert not future.cancelled()  # the leader's future is shielded from the waiter's timeout
-    assert not future.done()
-    assert flights.lead("k") is None
-    answer = record()
-    flights.land("k", future, answer)
-    assert future.result() is answer
-
-
-async def test_a_stale_leader_cannot_land_the_next_flight() -> None:
-    flights = SingleFlight()
-    first = flights.lead("k")
-    assert first is not None
-    flights.land("k", first, None)
-    second = flights.lead("k")
-    assert second is not None
-    flights.land("k", first, record("late"))  # the first leader lands again: ignored
-    assert first.result() is None
-    assert not second.done()
-    assert flights.lead("k") is None  # the second flight is still under way
-    flights.land("k", second, record("second"))
-    assert second.result() == record("second")
+    # the timeout neither ended the flight nor cancelled it for the other followers
+    assert not patient.done()
+    assert flights.lead("k") is False
+    assert len(flights) == 1
+    late = asyncio.create_task(flights.wait("k", 5))
+    answer = rec("k")
+    asyncio.get_running_loop().call_soon(flights.land, "k", answer)
+    assert await patient is answer
+    assert await late is answer
     assert len(flights) == 0
+    assert flights.lead("k") is True
+
+
+async def test_each_flight_hands_its_own_record_to_all_its_followers() -> None:
+    flights = SingleFlight()
+    loop = asyncio.get_running_loop()
+    assert flights.lead("k")
+    first = [asyncio.create_task(flights.wait("k", 5)) for _ in range(2)]
+    loop.call_soon(flights.land, "k", None)  # the first leader failed
+    assert await asyncio.gather(*first) == [None, None]
+    assert len(flights) == 0
+    assert flights.lead("k")  # the next leader
+    second = [asyncio.create_task(flights.wait("k", 5)) for _ in range(3)]
+    answer = rec("k", "second")
+    loop.call_soon(flights.land, "k", answer)
+    results = await asyncio.gather(*second)
+    assert all(result is answer for result in results)  # one and the same record for all
+    assert len(flights) == 0
+    flights.land("k", rec("k", "late"))  # landing with no flight under way does nothing
+    assert len(flights) == 0
+    assert await flights.wait("k", 5) is None
 
 
 # --------------------------------------------------------------------------- FailureLog
