@@ -3,7 +3,8 @@
 Every call has a deadline (``timeout_ms``, default 100 ms) so a slow Redis costs a request at
 most that much; errors and timeouts raise :class:`~aigw.cache.stores.StoreError` for the cache
 to treat as a miss. A dropped connection (a Redis restart) is retried once at once, so the
-first request after a restart does not miss needlessly.
+first request after a restart does not miss needlessly. Replies are parsed by hiredis (C),
+installed with aigw, which makes a Redis hit markedly cheaper than redis-py's Python parser.
 """
 
 from __future__ import annotations
