@@ -92,3 +92,18 @@ def test_example_conf_sets_are_valid(conf_dir: Path) -> None:
     from aigw.config import load_config
 
     assert "is valid" in describe(load_config(conf_dir))
+
+
+def test_every_package_is_declared_in_setup_cfg() -> None:
+    """A package missing from setup.cfg works in an editable install and breaks `pip install .`."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    declared = set(cfg["options"]["packages"].split())
+    found = set()
+    for top, name in (("aigw", "aigw"), ("plugins", "aigw_plugins")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *rel)))
+    assert found == declared
