@@ -42,9 +42,9 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
     choices = []
     for choice in completion.get("choices") or ():
         message = choice.get("message") or {}
-        kept = {f: message[f] for f in _MESSAGE_FIELDS if message.get(f) is not None}
-        kept["role"] = "assistant"
-        kept.setdefault("content", None)
+        # OpenAI's order and nulls: role, content, refusal, then what is present.
+        kept = {"role": "assistant", "content": message.get("content"), "refusal": None}
+        kept.update((f, message[f]) for f in _MESSAGE_FIELDS if message.get(f) is not None)
         choices.append(
             {
                 "index": choice.get("index", 0),

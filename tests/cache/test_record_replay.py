@@ -135,10 +135,20 @@ def test_normalise_fills_role_and_content_and_skips_missing_usage() -> None:
     assert r["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": None, "tool_calls": TOOL_CALLS},
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "refusal": None,
+                "tool_calls": TOOL_CALLS,
+            },
             "finish_reason": None,
         }
     ]
+
+
+def test_normalised_message_keeps_openai_key_order() -> None:
+    r = normalise({"choices": [{"message": {"content": "hi", "role": "assistant"}}]})
+    assert list(r["choices"][0]["message"]) == ["role", "content", "refusal"]
 
 
 def test_record_age_counts_whole_seconds() -> None:
