@@ -78,6 +78,18 @@ def _api_handler(
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = RequestContext(request=request, request_id=_request_id(request), api=api)
         try:
+            reply = await _request_phase(ctx, request)
+            return await send(ctx, reply, pipeline)
+        except asyncio.CancelledError:
+            # The client went away (handler cancellation); nginx's "client closed request".
+            ctx.status = ctx.status or 499
+            raise
+        finally:
+            ctx.finished_at = time.perf_counter()
+            await pipeline.log(ctx)
+
+    async def _request_phase(ctx: RequestContext, request: web.Request) -> Reply:
+        try:
             if request.method != method:
                 raise GatewayError(
                     f"Method {request.method} is not allowed on {request.path}; use {method}",
@@ -95,16 +107,11 @@ def _api_handler(
                         code="model_not_found",
                         param="model",
                     )
-            reply = await pipeline.run_request(ctx)
+            return await pipeline.run_request(ctx)
         except GatewayError as err:
             # Rejected before any plugin ran: only on_log sees it.
             ctx.error, ctx.replied_by = err, None
-            reply = Reply.from_error(err)
-        try:
-            return await send(ctx, reply, pipeline)
-        finally:
-            ctx.finished_at = time.perf_counter()
-            await pipeline.log(ctx)
+            return Reply.from_error(err)
 
     return handle
 

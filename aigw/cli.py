@@ -156,7 +156,11 @@ def _run_worker(config: Config, reuse_port: bool) -> None:
     if reuse_port:
         # Ctrl-C reaches the parent, which terminates every worker with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_serve(config, reuse_port))
+    try:
+        asyncio.run(_serve(config, reuse_port))
+    except Exception as err:  # a plugin that cannot start, a port in use: say so, exit 1
+        log.error("aigw cannot start: %s", err)
+        raise SystemExit(1) from None
 
 
 async def _serve(config: Config, reuse_port: bool) -> None:
@@ -171,8 +175,8 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         access_log=None,
         shutdown_timeout=g.shutdown_timeout_s,
     )
-    await runner.setup()
     try:
+        await runner.setup()  # inside: plugins started before a failing one are shut down
         await web.TCPSite(runner, g.host, g.port, reuse_port=reuse_port).start()
         _tune_gc()
         for host, port, *_ in runner.addresses:

@@ -1,9 +1,11 @@
 """Which headers cross the gateway, in each direction.
 
 Never forwarded upstream: hop-by-hop headers (RFC 9110 §7.6.1), the client's credentials
-(the gateway's own key), ``Host``, and length/encoding headers that no longer match the body
-the gateway sends. Never copied back to the client from the upstream: hop-by-hop headers, and
-length/encoding/type headers that aiohttp recomputes for the body it writes.
+(the gateway's own key), the cache controls, the client's choice of OpenAI organisation or
+project, its address (``Forwarded``, ``X-Forwarded-*``), ``Host``, and length/encoding headers
+that no longer match the body the gateway sends. Never copied back to the client: hop-by-hop
+headers, headers about the upstream's host or account (HSTS, ``Alt-Svc``, ``Via``, ``Age``,
+``openai-organization``), and length/encoding/type headers aiohttp recomputes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,18 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 NOT_UPSTREAM: Final = HOP_BY_HOP | {
+    # Cache controls are for the gateway, whichever plugins run.
+    "cache-control",
+    "x-higress-skip-ai-cache",
+    # The operator's key decides which organisation and project pay, not the client.
+    "openai-organization",
+    "openai-project",
+    # The client's address is nobody's business upstream.
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
     "host",
     "authorization",
     "api-key",
@@ -39,6 +53,12 @@ NOT_UPSTREAM: Final = HOP_BY_HOP | {
 }
 
 NOT_DOWNSTREAM: Final = HOP_BY_HOP | {
+    # About the upstream's host or its account, not the gateway's.
+    "strict-transport-security",
+    "alt-svc",
+    "via",
+    "age",
+    "openai-organization",
     "x-request-id",  # the gateway's own id goes to the client; the upstream's is renamed
     "content-length",
     "content-encoding",

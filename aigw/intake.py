@@ -65,6 +65,9 @@ def validate(api: Api | None, payload: dict[str, Any]) -> None:
     stream = payload.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
         raise _param("'stream' must be a boolean", "stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _param("'stream_options' must be an object", "stream_options")
     if api is None:
         return
     field = _REQUIRED[api]

@@ -9,6 +9,7 @@ find them. The rules are in :mod:`aigw.hookspecs`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -110,12 +111,21 @@ class Pipeline:
                 )
 
     async def log(self, ctx: RequestContext) -> None:
-        """``on_log`` for every plugin, in conf.d order; errors are logged, not raised."""
+        """``on_log`` for every plugin, in conf.d order; errors are logged, not raised.
+
+        A cancellation (the client hanging up) arriving meanwhile does not skip the plugins
+        after the one it interrupted: every plugin logs, then the cancellation propagates.
+        """
+        cancelled: asyncio.CancelledError | None = None
         for name, fn, args in self._log:
             try:
                 await fn(**_kw(args, ctx))
+            except asyncio.CancelledError as err:
+                cancelled = err
             except Exception:
                 log.exception("request %s: plugin %s failed in on_log", ctx.request_id, name)
+        if cancelled is not None:
+            raise cancelled
 
 
 def _kw(args: tuple[str, ...], ctx: RequestContext, **extra: Any) -> dict[str, Any]:

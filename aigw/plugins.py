@@ -86,7 +86,11 @@ def build(entry: PluginEntry) -> object:
         if entry.config:
             raise ConfigError(f"{entry.file}: config: plugin {entry.name!r} takes no config")
         return cls()
-    return cls(validate(config_class, entry.config, f"{entry.file}: config"))
+    settings = validate(config_class, entry.config, f"{entry.file}: config")
+    try:
+        return cls(settings)
+    except (ValueError, TypeError) as err:  # e.g. a Redis URL its client cannot parse
+        raise ConfigError(f"{entry.file}: config: {err}") from None
 
 
 def load(config: Config) -> LoadedPlugins:

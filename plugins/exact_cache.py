@@ -35,10 +35,10 @@ from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key
 from aigw.cache.record import CacheRecord, InvalidRecord, make_record
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.replay import replay
-from aigw.cache.singleflight import SingleFlight
+from aigw.cache.singleflight import PROCEED, SingleFlight
 from aigw.cache.stores import ExactStore, MemoryStore, MemoryStoreConfig, StoreError
 from aigw.config import Settings
-from aigw.context import Reply, RequestContext
+from aigw.context import Reply, RequestContext, Target
 from aigw.gateway import Gateway
 
 NAME = "exact-cache"
@@ -69,6 +69,8 @@ class _State:
 
     key: str
     scope: str
+    #: The target the key was made for; an answer from another (a fallback) is not stored.
+    target: Target | None
     leading: bool = False
     #: The answer went to the write-back, which lands the flight when done.
     writing: bool = False
@@ -155,7 +157,7 @@ class ExactCachePlugin:
         if key is None:
             ctx.cache_status = "skip"
             return None
-        state = ctx.scratch[NAME] = _State(key, scope)
+        state = ctx.scratch[NAME] = _State(key, scope, ctx.target)
         ctx.cache_key = key[:16]
         if not ctx.cache_lookup:
             ctx.cache_status = "skip"
@@ -191,11 +193,13 @@ class ExactCachePlugin:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None  # waited long enough: go upstream without coalescing
-            record = await self.flights.wait(state.key, remaining)
-            if record is not None:
+            landed = await self.flights.wait(state.key, remaining)
+            if isinstance(landed, CacheRecord):
                 self.stats["coalesced"] += 1
                 log.info("cache hit for key: %s (waited for the identical request)", ctx.cache_key)
-                return self._hit(ctx, record)
+                return self._hit(ctx, landed)
+            if landed is PROCEED:
+                return None
 
     def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
         self.stats["hit"] += 1
@@ -221,6 +225,8 @@ class ExactCachePlugin:
         if state is None or not ctx.cache_store:
             return
         why_not = uncacheable_answer(ctx, self.config.cache_tool_calls)
+        if ctx.target != state.target:
+            why_not = f"answered by fallback {ctx.target}"
         if why_not is not None or ctx.completion is None:
             log.debug("not caching key %s: %s", ctx.cache_key, why_not)
             return
@@ -251,7 +257,9 @@ class ExactCachePlugin:
     async def on_log(self, ctx: RequestContext) -> None:
         state: _State | None = ctx.scratch.get(NAME)
         if state is not None and state.leading and not state.writing:
-            # The leader ended without a storable answer: wake the followers to retry.
-            self.flights.land(state.key, None)
+            # No record to share. A failure (no answer, 5xx, 429): one follower retries. A
+            # complete answer that may not be stored: the followers all go upstream now.
+            failed = ctx.status == 0 or ctx.status >= 500 or ctx.status in (429, 499)
+            self.flights.land(state.key, None if failed else PROCEED)
         if ctx.cache_status == "miss":
             self.stats["miss"] += 1

@@ -4,9 +4,9 @@
 - ``Cache-Control: no-cache``: skip the lookup but store the fresh answer (a refresh).
 - ``Cache-Control: no-store``: look up, but never store this answer.
 
-It sets ``ctx.cache_lookup`` / ``ctx.cache_store`` for the cache plugins after it, and adds
-these headers to ``ctx.strip_headers`` so they are not forwarded upstream. No config keys.
-It never fails a request.
+It sets ``ctx.cache_lookup`` / ``ctx.cache_store`` for the cache plugins after it (every
+``Cache-Control`` line counts). The proxy never forwards these headers upstream, whether or not
+this plugin runs. No config keys. It never fails a request.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ class SkipHeaderPlugin:
     async def on_request(self, ctx: RequestContext) -> None:
         headers = ctx.request.headers
         skip = headers.get(SKIP_HEADER)
-        if skip is not None:
-            ctx.strip_headers.add(SKIP_HEADER)
-            if skip.strip().lower() == "on":
-                ctx.cache_lookup = ctx.cache_store = False
-        control = headers.get("Cache-Control")
-        if control is not None:
-            ctx.strip_headers.add("cache-control")
-            directives = {d.strip().split("=", 1)[0].lower() for d in control.split(",")}
+        if skip is not None and skip.strip().lower() == "on":
+            ctx.cache_lookup = ctx.cache_store = False
+        controls = headers.getall("Cache-Control", ())
+        if controls:
+            directives = {
+                d.strip().split("=", 1)[0].lower() for c in controls for d in c.split(",")
+            }
             if "no-cache" in directives:
                 ctx.cache_lookup = False
             if "no-store" in directives:

@@ -41,6 +41,10 @@ async def expect_error(resp: Any, status: int, param: str | None = None) -> dict
         (b'{"model": "gpt-4o", "messages": [{"content": "no role"}]}', "messages[0].role"),
         (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
         (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "n": 0}', "n"),
+        (
+            b'{"model": "gpt-4o", "messages": [{"role": "user"}], "stream_options": 5}',
+            "stream_options",
+        ),
     ],
 )
 async def test_bad_chat_body_is_400(

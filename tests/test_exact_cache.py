@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
 import redis.asyncio as redis
+from multidict import CIMultiDict
 
 from aigw.app import GATEWAY, PLUGINS
 from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
@@ -479,3 +481,104 @@ async def test_redis_with_a_password(
         assert cache.failures.counts["lookup"] == 1
     finally:
         server.stop()
+
+
+async def test_leader_whose_client_gives_up_releases_its_flight(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}, single_flight_timeout_s=30))
+    upstream.llm.slow(1.0)
+    body = {"model": "gpt-4o", "messages": MSG}
+    with pytest.raises(asyncio.TimeoutError):
+        async with gw.http.post(gw.url(CHAT), json=body, timeout=aiohttp.ClientTimeout(total=0.2)):
+            pass
+    await asyncio.wait_for(upstream.llm.calls[0].done.wait(), 5)
+    # Had the cancelled leader kept its flight, this would wait 30 s for it.
+    async with gw.http.post(gw.url(CHAT), json=body, timeout=aiohttp.ClientTimeout(total=5)) as r:
+        assert r.status == 200 and r.headers["x-aigw-cache"] == "miss"
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    assert len(cache.flights) == 0
+
+
+async def test_fallback_answer_is_not_cached_for_the_primary(
+    make_gateway: GatewayFactory, upstream: Upstream, aiohttp_server: Any
+) -> None:
+    backup = FakeLLM()
+    backup_server = await aiohttp_server(backup.app)
+    proxy = provider_file(upstream, max_retries=0, fallbacks=["backup"])
+    proxy["config"]["providers"].append(
+        {
+            "name": "backup",
+            "type": "openai",
+            "base_url": str(backup_server.make_url("/v1")),
+            "api_keys": ["sk-b"],
+            "models": {"*": "cheap-model"},
+        }
+    )
+    conf = cache_conf(upstream, {"type": "memory"})
+    conf["90-provider-proxy.yaml"] = proxy
+    gw = await make_gateway(conf)
+    upstream.llm.fail(503)
+    _, degraded = await ask(gw)
+    assert degraded.model == "cheap-model"
+    await settle(gw)
+    status, completion = await ask(gw)  # the primary is back: its own answer, not the backup's
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+
+
+async def test_followers_of_an_uncacheable_answer_go_upstream_together(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    upstream.llm.answer("truncated", finish_reason="length", times=5)
+    upstream.llm.hold()
+    tasks = [asyncio.create_task(ask(gw)) for _ in range(5)]
+    await upstream.llm.wait_for_calls(1)
+    upstream.llm.release()  # the leader's answer: complete, but not storable
+    upstream.llm.hold()
+    # All four followers reach the upstream while it is held: they were not queued one by one.
+    await upstream.llm.wait_for_calls(5)
+    upstream.llm.release()
+    results = await asyncio.gather(*tasks)
+    assert [c.choices[0].finish_reason for _, c in results] == ["length"] * 5
+
+
+async def test_every_cache_control_line_counts(gw: Gateway, upstream: Upstream) -> None:
+    headers = CIMultiDict([("Cache-Control", "max-age=0"), ("Cache-Control", "no-store")])
+    body = {"model": "gpt-4o", "messages": MSG}
+    async with gw.http.post(gw.url(CHAT), json=body, headers=headers) as resp:
+        assert resp.status == 200
+    await settle(gw)
+    assert (await ask(gw))[0] == "miss"  # the no-store on the second line was honoured
+
+
+async def test_control_headers_never_go_upstream_even_without_skip_header(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    conf = cache_conf(upstream, {"type": "memory"})
+    del conf["20-skip-header.yaml"]
+    gw = await make_gateway(conf)
+    extra = {"Cache-Control": "no-cache", "x-higress-skip-ai-cache": "on"}
+    await ask(gw, extra_headers=extra)
+    got = upstream.llm.last_call.headers
+    assert "cache-control" not in got and "x-higress-skip-ai-cache" not in got
+
+
+async def test_unparseable_redis_url_is_a_config_error(tmp_path: Any) -> None:
+    from aigw.config import load_config
+    from aigw.errors import ConfigError
+    from aigw.plugins import load
+    from tests.conftest import write_conf
+
+    conf = {
+        "30-exact-cache.yaml": {
+            "plugin": "exact-cache",
+            "config": {"store": {"type": "redis", "url": "notredis://x"}},
+        },
+        "90-p.yaml": {
+            "plugin": "provider-proxy",
+            "config": {"providers": [{"name": "m", "type": "mock"}]},
+        },
+    }
+    with pytest.raises(ConfigError, match=r"30-exact-cache\.yaml"):
+        load(load_config(write_conf(tmp_path / "c", conf)))

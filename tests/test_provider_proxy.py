@@ -295,3 +295,38 @@ async def test_tool_call_stream_is_relayed(gateway: Gateway, upstream: Upstream)
                 args += tc.function.arguments or "" if tc.function else ""
             finish = choice.finish_reason or finish
     assert orjson.loads(args) == {"city": "Paris"} and finish == "tool_calls"
+
+
+async def test_azure_deployment_name_cannot_escape_its_path(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    azure = {
+        "name": "az",
+        "type": "azure",
+        "base_url": upstream.root_url,
+        "api_keys": [UPSTREAM_KEY],
+        "models": {"gpt-4o*": None},
+    }
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [azure]}}}
+    )
+    r = await gw.openai.chat.completions.create(
+        model="gpt-4o/../secret?api-version=1", messages=MSG
+    )
+    # The fake names its answer after the deployment segment it routed on: the whole name
+    # stayed one quoted segment, and the configured api-version was not overridden.
+    assert r.model == "gpt-4o/../secret?api-version=1"
+    assert upstream.llm.last_call.query["api-version"] == "2024-10-21"
+
+
+async def test_each_request_walks_the_keys_itself(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway(
+        {"90-p.yaml": provider_file(upstream, api_keys=["sk-revoked", UPSTREAM_KEY], max_retries=1)}
+    )
+    results = await asyncio.gather(
+        *(gw.openai.chat.completions.create(model="gpt-4o", messages=MSG) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert not [r for r in results if isinstance(r, Exception)]

@@ -73,6 +73,7 @@ def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str
         "api": ctx.api,
         "target": [target.provider, target.model] if target else ctx.model,
         "strategy": strategy,
+        "key_from": key_from if strategy == "lastQuestion" else None,
         "question": picked,
         "params": {k: v for k, v in ctx.payload.items() if k not in NOT_KEYED},
     }

@@ -1,15 +1,25 @@
 """Single-flight: concurrent identical misses in one process go upstream once.
 
 The first request for a key is the leader; the others wait (bounded) for the leader's record.
-If the leader fails (error, truncated or uncacheable answer, client gone) the waiters are woken
-with ``None`` and one of them becomes the next leader.
+If the leader fails (upstream error, client gone) the followers are woken with ``None`` and one
+of them becomes the next leader. If the leader got a complete answer that may not be shared
+(``length``, tool calls, a 4xx), trying again one at a time would only queue them: the
+followers are released with :data:`PROCEED` and all go upstream at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 from .record import CacheRecord
+
+
+class _Proceed:
+    """Followers may not share the leader's answer: each goes upstream on its own."""
+
+
+PROCEED: Final = _Proceed()
 
 
 class SingleFlight:
@@ -20,7 +30,7 @@ class SingleFlight:
     """
 
     def __init__(self) -> None:
-        self._flights: dict[str, asyncio.Future[CacheRecord | None] | None] = {}
+        self._flights: dict[str, asyncio.Future[CacheRecord | _Proceed | None] | None] = {}
 
     def lead(self, key: str) -> bool:
         """Become the leader for ``key``; ``False`` if a flight is already under way. The
@@ -30,7 +40,7 @@ class SingleFlight:
         self._flights[key] = None
         return True
 
-    async def wait(self, key: str, seconds: float) -> CacheRecord | None:
+    async def wait(self, key: str, seconds: float) -> CacheRecord | _Proceed | None:
         """Wait for the flight of ``key``; ``None`` if it failed, timed out or is gone."""
         if key not in self._flights:
             return None
@@ -42,8 +52,9 @@ class SingleFlight:
         except TimeoutError:
             return None
 
-    def land(self, key: str, record: CacheRecord | None) -> None:
-        """End the leader's flight of ``key``, handing ``record`` to its followers."""
+    def land(self, key: str, record: CacheRecord | _Proceed | None) -> None:
+        """End the leader's flight of ``key``, handing ``record`` (or ``None``: retry, or
+        :data:`PROCEED`) to its followers."""
         future = self._flights.pop(key, None)
         if future is not None and not future.done():
             future.set_result(record)

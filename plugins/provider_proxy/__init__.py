@@ -21,13 +21,13 @@ import orjson
 
 from aigw import hookimpl
 from aigw.context import SSE_CT, Reply, RequestContext, Target
-from aigw.errors import GatewayError, UpstreamError
+from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
 from aigw.gateway import Gateway
 from aigw.headers import downstream_headers, upstream_headers
 
 from .config import ProviderConfig, ProviderProxyConfig
 from .mock import MockProvider
-from .relay import record_body, relay_stream, response_chunks
+from .relay import Relay, record_body, relay_stream
 from .routing import ModelRouter
 from .upstream import Upstream
 
@@ -96,6 +96,7 @@ class ProviderProxyPlugin:
         candidates = self._candidates(ctx.target, ctx.model)
         for i, target in enumerate(candidates):
             last = i == len(candidates) - 1
+            ctx.target = target  # who actually answers (a fallback may differ from the first)
             try:
                 return await self._call(ctx, target, last)
             except GatewayError as err:
@@ -145,10 +146,12 @@ class ProviderProxyPlugin:
             raise UpstreamError(f"upstream {target.provider} answered {resp.status}")
         out_headers = downstream_headers(resp.headers)
         if ctx.stream and resp.status == 200 and resp.content_type == SSE_CT:
-            stream = relay_stream(ctx, response_chunks(resp), client_wants_usage, target.provider)
-            return Reply(stream=stream, content_type=SSE_CT, headers=out_headers)
+            events = relay_stream(ctx, resp.content.iter_any(), client_wants_usage, target.provider)
+            return Reply(stream=Relay(events, resp), content_type=SSE_CT, headers=out_headers)
         try:
             raw = await resp.read()
+        except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
+            raise UpstreamTimeout(f"upstream {target.provider} stalled mid-answer") from e
         except aiohttp.ClientError as e:
             raise UpstreamError(f"upstream {target.provider} broke the response: {e!r}") from e
         finally:

@@ -9,7 +9,7 @@ sees an error event and the answer is never marked complete.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -23,7 +23,7 @@ from aigw.sse import DONE, SSEParser
 
 async def relay_stream(
     ctx: RequestContext, source: AsyncIterator[bytes], client_wants_usage: bool, provider: str
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield one SSE event at a time from ``source``; set ``ctx.usage``/``ctx.completion``."""
     parser = SSEParser()
     assembler = StreamAssembler() if ctx.api == "chat.completions" else None
@@ -65,18 +65,44 @@ def _parse(data: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-async def response_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body of an upstream response as it arrives; closes the connection if abandoned."""
-    try:
-        async for raw in resp.content.iter_any():
-            yield raw
-    finally:
-        # Fully read: back to the pool. Abandoned (client gone, error): close, which tells
-        # the upstream to stop generating.
-        if resp.content.at_eof():
-            resp.release()
-        else:
-            resp.close()
+class Relay:
+    """The client's stream: :func:`relay_stream` over an upstream response.
+
+    Whatever ends it (the last event, an upstream error, the client going away, or being
+    closed before it ever started) frees the upstream connection at once: back to the pool
+    when it was read to the end, otherwise closed, which tells the upstream to stop generating
+    (and billing). Relying on the generator's own cleanup would leave that to the garbage
+    collector whenever an exception holds a reference to it.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], resp: aiohttp.ClientResponse) -> None:
+        self._events = events
+        self._resp: aiohttp.ClientResponse | None = resp
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._events.__anext__()
+        except BaseException:
+            self._free()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop relaying and free the upstream connection."""
+        try:
+            await self._events.aclose()
+        finally:
+            self._free()
+
+    def _free(self) -> None:
+        resp, self._resp = self._resp, None
+        if resp is not None:
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
 
 
 def record_body(ctx: RequestContext, status: int, body: bytes) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from urllib.parse import quote
 
 import aiohttp
 
@@ -36,7 +37,8 @@ class Upstream:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self._keys = itertools.cycle(cfg.keys or [""])
+        self._keys = cfg.keys or [""]
+        self._turn = itertools.count()  # spreads requests over the keys
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
         )
@@ -44,8 +46,10 @@ class Upstream:
     def url(self, api: Api, model: str) -> str:
         """The endpoint for ``api`` (Azure puts the deployment in the path)."""
         if self.cfg.type == "azure":
+            # The deployment comes from the client's model name: quote it, so "../x" or "?..."
+            # cannot reach another deployment or rewrite the query.
             return (
-                f"{self.cfg.url}/openai/deployments/{model}{_PATHS[api]}"
+                f"{self.cfg.url}/openai/deployments/{quote(model, safe='')}{_PATHS[api]}"
                 f"?api-version={self.cfg.api_version}"
             )
         return self.cfg.url + _PATHS[api]
@@ -72,13 +76,14 @@ class Upstream:
         url = self.url(api, model)
         base = {**headers, **self.cfg.headers, "Content-Type": "application/json"}
         attempts = self.cfg.max_retries + 1
+        first = next(self._turn)  # each request walks the keys from its own starting point
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
                 resp = await session.post(
                     url,
                     data=body,
-                    headers={**base, **self._auth(next(self._keys))},
+                    headers={**base, **self._auth(self._keys[(first + attempt) % len(self._keys)])},
                     timeout=self._timeout,
                 )
             except aiohttp.ServerTimeoutError as err:
