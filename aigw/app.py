@@ -56,8 +56,8 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     loaded.pm.hook.register_routes(router=app.router, gateway=gateway)
     for path, (method, api) in API_ROUTES.items():
         app.router.add_route("*", path, _api_handler(gateway, pipeline, loaded, method, api))
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz_handler(gateway, loaded))
+    app.router.add_route("*", "/healthz", _get_only(_healthz))
+    app.router.add_route("*", "/readyz", _get_only(_readyz_handler(gateway, loaded)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_session_ctx(gateway))
@@ -127,6 +127,25 @@ async def _ensure_request_id(request: web.Request, response: web.StreamResponse)
     """Every response, including plugins' own routes and 404s, carries an ``x-request-id``."""
     if "x-request-id" not in response.headers:
         response.headers["x-request-id"] = _request_id(request)
+
+
+def _get_only(handler: Handler) -> Handler:
+    """A GET endpoint that answers other methods with an OpenAI-style 405."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD"):
+            return await handler(request)
+        err = GatewayError(
+            f"Method {request.method} is not allowed on {request.path}; use GET",
+            status=405,
+            type="invalid_request_error",
+            code="method_not_allowed",
+        )
+        return web.Response(
+            status=405, body=err.body(), content_type="application/json", headers={"Allow": "GET"}
+        )
+
+    return guarded
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -204,7 +204,8 @@ class ExactCachePlugin:
     def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
         self.stats["hit"] += 1
         ctx.cache_status, ctx.cache_type = "hit", "exact"
-        ctx.usage = record.response.get("usage")
+        usage = record.response.get("usage")
+        ctx.usage = dict(usage) if usage else None  # a copy: the record is shared
         headers = {
             "x-aigw-cache": "hit",
             "x-aigw-cache-type": "exact",

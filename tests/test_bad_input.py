@@ -78,6 +78,9 @@ async def test_unknown_path_is_404_and_wrong_method_405(gateway: Gateway) -> Non
         assert resp.headers["Allow"] == "POST"
     async with gateway.http.post(gateway.url("/v1/models")) as resp:
         await expect_error(resp, 405)
+    async with gateway.http.post(gateway.url("/healthz")) as resp:
+        await expect_error(resp, 405)
+        assert resp.headers["Allow"] == "GET"
 
 
 async def test_body_over_limit_is_413(make_gateway: GatewayFactory, upstream: Upstream) -> None:
