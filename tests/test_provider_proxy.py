@@ -330,3 +330,42 @@ async def test_each_request_walks_the_keys_itself(
         return_exceptions=True,
     )
     assert not [r for r in results if isinstance(r, Exception)]
+
+
+async def test_named_error_event_mid_stream_is_an_error(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    async def erroring(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+        }
+        await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(b"event: error\ndata: overloaded\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", erroring)
+    server = await aiohttp_server(app)
+    provider = {
+        "name": "e",
+        "type": "openai",
+        "base_url": str(server.make_url("/v1")),
+        "api_keys": ["k"],
+        "max_retries": 0,
+    }
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [provider]}}}
+    )
+    stream = await gw.openai.chat.completions.create(model="m", messages=MSG, stream=True)
+    with pytest.raises((openai.APIError, openai.APIConnectionError)):
+        async for _ in stream:
+            pass

@@ -1,9 +1,10 @@
 """The cache record both caches store: the normalised answer plus metadata.
 
 Stored: ``id``, ``model``, ``created``, ``system_fingerprint``, per choice the message content,
-tool calls, reasoning content, refusal and finish reason, and ``usage``; plus when it was stored,
-its TTL, its key hash and scope. Serialised with orjson. :func:`decode` rejects anything that
-is not a well-formed record, so a corrupted or foreign value is a miss, never a broken reply.
+tool calls, reasoning content, refusal, annotations and finish reason, and ``usage``; plus when
+it was stored, its TTL, its key hash and scope. Serialised with orjson. :func:`decode` rejects
+anything that is not a well-formed record, so a corrupted or foreign value is a miss, never a
+broken reply.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 
 RECORD_VERSION: Final = 1
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
-_MESSAGE_FIELDS: Final = (*_TEXT_FIELDS, "tool_calls")
+_LIST_FIELDS: Final = ("tool_calls", "annotations")  # annotations: a search model's citations
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,8 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
         message = choice.get("message") or {}
         # OpenAI's order and nulls: role, content, refusal, then what is present.
         kept = {"role": "assistant", "content": message.get("content"), "refusal": None}
-        kept.update((f, message[f]) for f in _MESSAGE_FIELDS if message.get(f) is not None)
+        kept.update((f, message[f]) for f in _TEXT_FIELDS if message.get(f) is not None)
+        kept.update((f, message[f]) for f in _LIST_FIELDS if message.get(f))  # [] means none
         choices.append(
             {
                 "index": choice.get("index", 0),
@@ -94,7 +96,7 @@ def _check_choice(choice: Any) -> None:
         isinstance(choice.get("index"), int)
         and isinstance(message, dict)
         and all(isinstance(message.get(f), str | None) for f in _TEXT_FIELDS)
-        and isinstance(message.get("tool_calls", []), list)
+        and all(isinstance(message.get(f, []), list) for f in _LIST_FIELDS)
         and all(
             isinstance(call, dict) and isinstance(call.get("function", {}), dict)
             for call in message.get("tool_calls") or ()

@@ -37,6 +37,8 @@ async def relay_stream(
                     yield DONE
                     return
                 chunk = _parse(data)
+                if event.event == "error":  # some servers name the event instead
+                    raise UpstreamError(f"upstream {provider} failed mid-stream: {data[:200]!r}")
                 if chunk is None:
                     yield b"data: " + data + b"\n\n"
                     continue

@@ -587,3 +587,22 @@ async def test_replay_reply_shapes() -> None:
     datas = data_of(events)
     assert orjson.loads(datas[-1])["usage"] == USAGE
     assert assemble(b"".join(events))["choices"][0]["message"]["content"] == TEXT
+
+
+def test_annotations_survive_a_json_replay() -> None:
+    notes = [{"type": "url_citation", "url_citation": {"url": "https://example.org", "title": "t"}}]
+    completion = {
+        "id": "chatcmpl-a",
+        "model": "m",
+        "created": 1,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "see", "annotations": notes},
+            }
+        ],
+    }
+    record = decode(encode(make_record(completion, "k", "s", 60)))
+    body = orjson.loads(completion_body(record))
+    assert body["choices"][0]["message"]["annotations"] == notes
