@@ -76,6 +76,7 @@ class Behaviour:
     reasoning_content: str | None = None
     chunk_delay_s: float | None = None
     first_token_delay_s: float | None = None
+    stall_body_s: float = 0.0
     endpoints: frozenset[str] = GENERATION
 
 
@@ -172,6 +173,10 @@ class FakeLLM:
     def slow(self, delay_s: float, times: int = 1) -> None:
         """Wait ``delay_s`` before sending response headers, then answer normally."""
         self.script(Behaviour(delay_s=delay_s), times)
+
+    def stall_body(self, seconds: float, times: int = 1) -> None:
+        """Send the headers and half of a non-streamed body, then go quiet for ``seconds``."""
+        self.script(Behaviour(stall_body_s=seconds), times)
 
     def drop_stream(self, after_chunks: int, times: int = 1) -> None:
         """Send ``after_chunks`` SSE events, then close the connection without ``[DONE]``."""
@@ -408,7 +413,10 @@ class FakeLLM:
                     {"text": t, "index": i, "logprobs": None, "finish_reason": finish}
                     for i, t in enumerate(outs)
                 ]
-            return self._json({**base, "choices": choices, "usage": usage}, headers=beh.headers)
+            answer = {**base, "choices": choices, "usage": usage}
+            if beh.stall_body_s:
+                return await self._stalled(request, json.dumps(answer).encode(), beh.stall_body_s)
+            return self._json(answer, headers=beh.headers)
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -450,6 +458,18 @@ class FakeLLM:
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(_sse("[DONE]"))
         return await self._stream(request, call, beh, events, first_content=1 if chat else 0)
+
+    async def _stalled(
+        self, request: web.Request, body: bytes, seconds: float
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        await asyncio.sleep(seconds)
+        await resp.write(body[len(body) // 2 :])
+        await resp.write_eof()
+        return resp
 
     async def _stream(
         self,

@@ -369,3 +369,13 @@ async def test_named_error_event_mid_stream_is_an_error(
     with pytest.raises((openai.APIError, openai.APIConnectionError)):
         async for _ in stream:
             pass
+
+
+async def test_upstream_stalling_mid_body_is_504(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream, read_timeout_s=0.2)})
+    upstream.llm.stall_body(2.0)
+    with pytest.raises(openai.APIStatusError) as exc:
+        await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert exc.value.status_code == 504
