@@ -369,3 +369,51 @@ def psutil_children(pid: int) -> list[int]:
 def test_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["check", "-c", str(SHIPPED), "--port", "0", "--workers", "2"], capsys)
     assert code == 2 and "fixed port" in err
+
+
+async def test_a_plugin_that_cannot_start_exits_1_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "broken_plugins.py").write_text(
+        "import logging\n"
+        "from aigw import hookimpl\n"
+        "class Fine:\n"
+        "    @hookimpl\n"
+        "    async def shutdown(self):\n"
+        "        logging.getLogger('aigw').warning('Fine was shut down')\n"
+        "class Broken:\n"
+        "    @hookimpl\n"
+        "    async def startup(self, gateway):\n"
+        "        raise RuntimeError('the vector db said no')\n",
+        encoding="utf-8",
+    )
+    conf = write_conf(
+        tmp_path / "conf.d",
+        {
+            "10-fine.yaml": {"plugin": "broken_plugins:Fine"},
+            "20-broken.yaml": {"plugin": "broken_plugins:Broken"},
+            "90-p.yaml": {
+                "plugin": "provider-proxy",
+                "config": {"providers": [{"name": "m", "type": "mock"}]},
+            },
+        },
+    )
+    env = child_env(PYTHONPATH=str(tmp_path))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aigw",
+        "-c",
+        str(conf),
+        "--port",
+        "0",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(TIMEOUT_S):
+        _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 1
+    assert "cannot start" in text and "the vector db said no" in text
+    assert "Traceback" not in text
+    assert "Fine was shut down" in text  # started before the failure: stopped in reverse
