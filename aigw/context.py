@@ -66,9 +66,9 @@ class RequestContext:
     """Everything known about one request, from arrival to the access log.
 
     Set by the core before the request phase: ``request``, ``request_id``, ``api``, ``body``,
-    ``payload``, ``model``, ``stream``, ``target``. Set by plugins: ``consumer`` (auth),
-    ``cache_lookup``/``cache_store`` (skip-header), ``cache_*`` (caches), ``strip_headers``
-    (request headers the terminal must not forward). Set by the terminal while the response
+    ``payload``, ``model``, ``stream``, ``include_usage``, ``target``. Set by plugins:
+    ``consumer`` (auth), ``cache_lookup``/``cache_store`` (skip-header), ``cache_*`` (caches).
+    Set by the terminal while the response
     flows: ``status``, ``usage``, ``completion`` and ``complete`` (see their comments).
     """
 
@@ -81,6 +81,8 @@ class RequestContext:
     payload: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     stream: bool = False
+    #: The client asked for the usage chunk of a stream (``stream_options.include_usage``).
+    include_usage: bool = False
     target: Target | None = None
 
     #: The authenticated caller (set by an auth plugin); the default cache scope.
@@ -92,8 +94,6 @@ class RequestContext:
     cache_type: str | None = None
     cache_key: str | None = None
     similarity: float | None = None
-    #: Lower-case request header names the terminal must not forward upstream.
-    strip_headers: set[str] = field(default_factory=set)
 
     reply: Reply | None = None
     replied_by: str | None = None

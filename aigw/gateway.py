@@ -65,11 +65,6 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.warning("background %s failed: %r", what, task.exception())
 
-    @property
-    def pending(self) -> int:
-        """Background tasks still running."""
-        return len(self._tasks)
-
     async def drain(self, seconds: float) -> None:
         """Wait up to ``seconds`` for background work, then cancel what is left."""
         if not self._tasks:

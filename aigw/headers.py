@@ -10,7 +10,7 @@ headers, headers about the upstream's host or account (HSTS, ``Alt-Svc``, ``Via`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 HOP_BY_HOP: Final = frozenset(
@@ -69,9 +69,9 @@ NOT_DOWNSTREAM: Final = HOP_BY_HOP | {
 }
 
 
-def upstream_headers(incoming: Mapping[str, str], drop: Iterable[str] = ()) -> dict[str, str]:
-    """The client's headers that may go upstream, minus the lower-case names in ``drop``."""
-    dropped = NOT_UPSTREAM.union(drop)
+def upstream_headers(incoming: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers that may go upstream."""
+    dropped: frozenset[str] | set[str] = NOT_UPSTREAM
     connection = incoming.get("connection", "")
     if connection:
         # Headers named in Connection are hop-by-hop for this hop only.

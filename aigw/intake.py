@@ -51,6 +51,7 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
     validate(ctx.api, payload)
     ctx.model = payload["model"]
     ctx.stream = payload.get("stream") is True
+    ctx.include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
 
 
 def _too_large(limit: int) -> GatewayError:

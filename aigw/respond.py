@@ -130,6 +130,4 @@ def _error_reply(ctx: RequestContext, err: Exception, phase: str) -> Reply:
     if isinstance(err, GatewayError):
         return Reply.from_error(err)
     log.error("request %s: %s failed", ctx.request_id, phase, exc_info=err)
-    reply = Reply.from_error(GatewayError("internal error in the gateway"))
-    reply.headers["x-request-id"] = ctx.request_id
-    return reply
+    return Reply.from_error(GatewayError("internal error in the gateway"))

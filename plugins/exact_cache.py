@@ -212,8 +212,9 @@ class ExactCachePlugin:
             "x-aigw-cache-key": ctx.cache_key or "",
             "age": str(record.age),
         }
-        include_usage = bool((ctx.payload.get("stream_options") or {}).get("include_usage"))
-        return replay(record, ctx.stream, include_usage, headers, self.config.replay_chunk_chars)
+        return replay(
+            record, ctx.stream, ctx.include_usage, headers, self.config.replay_chunk_chars
+        )
 
     @hookimpl
     async def on_response_headers(self, ctx: RequestContext) -> None:

@@ -230,18 +230,14 @@ def test_shipped_conf_with_openai_key(
 # --------------------------------------------------------------------------- real process
 
 
-@contextlib.asynccontextmanager
-async def aigw_process(
-    env: dict[str, str], *args: str, servers: int = 1
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """Start ``python -m aigw -c <shipped conf.d> --port 0 [args]``; yield it and its bound
-    port once ``servers`` processes said they are serving."""
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_aigw(conf: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """``python -m aigw -c <conf> --port 0 [args]``, its stderr piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "aigw",
         "-c",
-        str(SHIPPED),
+        str(conf),
         "--port",
         "0",
         *args,
@@ -250,6 +246,15 @@ async def aigw_process(
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
+
+
+@contextlib.asynccontextmanager
+async def aigw_process(
+    env: dict[str, str], *args: str, servers: int = 1
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """Start ``python -m aigw -c <shipped conf.d> --port 0 [args]``; yield it and its bound
+    port once ``servers`` processes said they are serving."""
+    proc = await spawn_aigw(SHIPPED, env, *args)
     assert proc.stderr is not None
     seen: list[str] = []
     drain: asyncio.Task[None] | None = None
@@ -397,19 +402,7 @@ async def test_a_plugin_that_cannot_start_exits_1_cleanly(tmp_path: Path) -> Non
         },
     )
     env = child_env(PYTHONPATH=str(tmp_path))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aigw",
-        "-c",
-        str(conf),
-        "--port",
-        "0",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    proc = await spawn_aigw(conf, env)
     async with asyncio.timeout(TIMEOUT_S):
         _, err = await proc.communicate()
     text = err.decode()

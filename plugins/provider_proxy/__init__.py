@@ -6,9 +6,9 @@ pattern → upstream name), ``enabled``, ``fallbacks``, timeouts and retry setti
 
 It resolves every request's target for the core (exact model, then longest prefix, then
 ``*``), rewrites the model to the upstream name, asks streams for usage, relays the answer and
-sets ``ctx.usage`` and ``ctx.completion``. It reads ``ctx.strip_headers`` (control headers not
-to forward). Failures become OpenAI errors: the upstream's status for HTTP errors, 502 when
-unreachable, 504 on timeout; retries and fallbacks happen only before the first byte.
+sets ``ctx.usage`` and ``ctx.completion``. Failures become OpenAI errors: the upstream's status
+for HTTP errors, 502 when unreachable, 504 on timeout; retries and fallbacks happen only before
+the first byte.
 """
 
 from __future__ import annotations
@@ -125,7 +125,6 @@ class ProviderProxyPlugin:
     async def _call(self, ctx: RequestContext, target: Target, last: bool) -> Reply:
         backend = self.backends[target.provider]
         payload = ctx.payload
-        client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         if ctx.stream or payload.get("model") != target.model:
             payload = {**payload, "model": target.model}
             if ctx.stream and ctx.api != "embeddings":
@@ -135,9 +134,9 @@ class ProviderProxyPlugin:
                 }
         assert ctx.api is not None
         if isinstance(backend, MockProvider):
-            return await self._call_mock(ctx, backend, payload, target, client_wants_usage)
+            return await self._call_mock(ctx, backend, payload, target)
         body = ctx.body if payload is ctx.payload else orjson.dumps(payload)
-        headers = upstream_headers(ctx.request.headers, ctx.strip_headers)
+        headers = upstream_headers(ctx.request.headers)
         headers["x-request-id"] = ctx.request_id
         assert self._session is not None
         resp = await backend.post(self._session, ctx.api, target.model, body, headers)
@@ -146,7 +145,7 @@ class ProviderProxyPlugin:
             raise UpstreamError(f"upstream {target.provider} answered {resp.status}")
         out_headers = downstream_headers(resp.headers)
         if ctx.stream and resp.status == 200 and resp.content_type == SSE_CT:
-            events = relay_stream(ctx, resp.content.iter_any(), client_wants_usage, target.provider)
+            events = relay_stream(ctx, resp.content.iter_any(), target.provider)
             return Reply(stream=Relay(events, resp), content_type=SSE_CT, headers=out_headers)
         try:
             raw = await resp.read()
@@ -166,13 +165,12 @@ class ProviderProxyPlugin:
         mock: MockProvider,
         payload: dict[str, Any],
         target: Target,
-        client_wants_usage: bool,
     ) -> Reply:
         """The mock's answer, relayed through the same path as a real upstream's."""
         assert ctx.api is not None
         if ctx.stream:
             source = mock.stream(ctx.api, payload, target.model)
-            stream = relay_stream(ctx, source, client_wants_usage, target.provider)
+            stream = relay_stream(ctx, source, target.provider)
             return Reply(stream=stream, content_type=SSE_CT)
         body = await mock.body(ctx.api, payload, target.model)
         return Reply(body=record_body(ctx, 200, body))

@@ -22,7 +22,7 @@ from aigw.sse import DONE, SSEParser
 
 
 async def relay_stream(
-    ctx: RequestContext, source: AsyncIterator[bytes], client_wants_usage: bool, provider: str
+    ctx: RequestContext, source: AsyncIterator[bytes], provider: str
 ) -> AsyncGenerator[bytes, None]:
     """Yield one SSE event at a time from ``source``; set ``ctx.usage``/``ctx.completion``."""
     parser = SSEParser()
@@ -49,7 +49,7 @@ async def relay_stream(
                     ctx.usage = usage
                 if assembler is not None:
                     assembler.feed(chunk)
-                if usage and not chunk.get("choices") and not client_wants_usage:
+                if usage and not chunk.get("choices") and not ctx.include_usage:
                     continue
                 yield b"data: " + data + b"\n\n"
     except TimeoutError as err:
