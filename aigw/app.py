@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,6 +22,7 @@ from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
 from aigw.errors import GatewayError, NotFound
 from aigw.gateway import Gateway
+from aigw.ids import new_id
 from aigw.intake import read_payload
 from aigw.pipeline import Pipeline
 from aigw.plugins import LoadedPlugins, load
@@ -120,7 +120,7 @@ def _request_id(request: web.Request) -> str:
     rid = request.headers.get("x-request-id", "")
     if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return f"{random.getrandbits(96):024x}"  # unique enough, and no syscall per request
+    return new_id()
 
 
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -90,6 +90,7 @@ class RequestContext:
     #: Whether caches may answer this request, and whether they may store its answer.
     cache_lookup: bool = True
     cache_store: bool = True
+    #: A cache's verdict; the core sends it to the client as ``x-aigw-cache``.
     cache_status: CacheStatus | None = None
     cache_type: str | None = None
     cache_key: str | None = None

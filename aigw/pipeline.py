@@ -21,6 +21,9 @@ from aigw.plugins import LoadedPlugins
 log = logging.getLogger("aigw.pipeline")
 
 Step = tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]]
+# Almost every implementation takes just ``ctx``: those are called positionally, which saves
+# building a keyword dict per step on every request.
+_CTX_ONLY = ("ctx",)
 
 _PHASES = ("on_request", "on_response_headers", "on_response_chunk", "on_response_end", "on_log")
 
@@ -63,7 +66,7 @@ class Pipeline:
         """Run ``on_request`` in conf.d order until a plugin replies; errors become replies."""
         for name, fn, args in self._request:
             try:
-                reply = await fn(ctx=ctx) if args == ("ctx",) else await fn(**_kw(args, ctx))
+                reply = await fn(ctx) if args == _CTX_ONLY else await fn(**_kw(args, ctx))
             except GatewayError as err:
                 ctx.error = err
                 reply = Reply.from_error(err)
@@ -104,7 +107,7 @@ class Pipeline:
         """``on_response_end`` in reverse order; errors are logged, not raised."""
         for name, fn, args in self._chain("on_response_end", ctx):
             try:
-                await fn(**_kw(args, ctx))
+                await (fn(ctx) if args == _CTX_ONLY else fn(**_kw(args, ctx)))
             except Exception:
                 log.exception(
                     "request %s: plugin %s failed in on_response_end", ctx.request_id, name
@@ -119,7 +122,7 @@ class Pipeline:
         cancelled: asyncio.CancelledError | None = None
         for name, fn, args in self._log:
             try:
-                await fn(**_kw(args, ctx))
+                await (fn(ctx) if args == _CTX_ONLY else fn(**_kw(args, ctx)))
             except asyncio.CancelledError as err:
                 cancelled = err
             except Exception:

@@ -35,6 +35,9 @@ async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.Str
     ctx.status = reply.status
     headers = CIMultiDict(reply.headers)
     headers["x-request-id"] = ctx.request_id
+    if ctx.cache_status is not None:
+        # One place for the cache outcome header, whichever cache decided it.
+        headers["x-aigw-cache"] = ctx.cache_status
     if ctx.response_headers:
         headers.update(ctx.response_headers)
     if reply.stream is None:

@@ -162,34 +162,30 @@ class ExactCachePlugin:
         if not ctx.cache_lookup:
             ctx.cache_status = "skip"
             return None
-        record = await self._lookup(key)
-        if record is not None:
-            log.info("cache hit for key: %s", ctx.cache_key)
-            return self._hit(ctx, record)
-        log.info("cache miss for key: %s", ctx.cache_key)
-        ctx.cache_status = "miss"
-        if ctx.cache_store and cfg.single_flight:
-            return await self._join_flight(ctx, state)
-        return None
-
-    async def _lookup(self, key: str) -> CacheRecord | None:
         try:
             record = await self.store.get(key)
         except (StoreError, InvalidRecord) as err:
             self.failures.failed("lookup", err)
-            return None
-        if record is not None and record.key != key:
+            record = None
+        if record is not None:
+            if record.key == key:
+                log.info("cache hit for key: %s", ctx.cache_key)
+                return self._hit(ctx, record)
             self.failures.failed("lookup", "stored record belongs to another key")
-            return None
-        return record
+        log.info("cache miss for key: %s", ctx.cache_key)
+        ctx.cache_status = "miss"
+        if ctx.cache_store and cfg.single_flight:
+            # The common case, nobody else asking the same, costs one dict insert.
+            state.leading = self.flights.lead(key)
+            if not state.leading:
+                return await self._follow(ctx, state)
+        return None
 
-    async def _join_flight(self, ctx: RequestContext, state: _State) -> Reply | None:
-        """Lead the flight for this key, or wait for the leader and answer from its record."""
+    async def _follow(self, ctx: RequestContext, state: _State) -> Reply | None:
+        """Wait for the leader of this key's flight and answer from its record; lead the
+        flight instead if the leader failed."""
         deadline = time.monotonic() + self.config.single_flight_timeout_s
         while True:
-            state.leading = self.flights.lead(state.key)
-            if state.leading:
-                return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None  # waited long enough: go upstream without coalescing
@@ -199,6 +195,9 @@ class ExactCachePlugin:
                 log.info("cache hit for key: %s (waited for the identical request)", ctx.cache_key)
                 return self._hit(ctx, landed)
             if landed is PROCEED:
+                return None
+            state.leading = self.flights.lead(state.key)
+            if state.leading:
                 return None
 
     def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
@@ -215,11 +214,6 @@ class ExactCachePlugin:
         return replay(
             record, ctx.stream, ctx.include_usage, headers, self.config.replay_chunk_chars
         )
-
-    @hookimpl
-    async def on_response_headers(self, ctx: RequestContext) -> None:
-        if ctx.cache_status is not None:
-            ctx.response_headers["x-aigw-cache"] = ctx.cache_status
 
     @hookimpl
     async def on_response_end(self, ctx: RequestContext) -> None:

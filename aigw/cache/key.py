@@ -21,7 +21,7 @@ import orjson
 
 from aigw.context import RequestContext
 
-KEY_VERSION: Final = 1
+KEY_VERSION: Final = 2
 Strategy = Literal["conversation", "lastQuestion", "allQuestions", "disabled"]
 DEFAULT_KEY_FROM: Final = "messages.@reverse.0.content"
 
@@ -63,18 +63,28 @@ def question(payload: dict[str, Any], strategy: Strategy, key_from: str) -> Any:
 
 def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str) -> str | None:
     """The hex SHA-256 key of a request, or ``None`` when the strategy finds nothing to key."""
-    picked = question(ctx.payload, strategy, key_from)
-    if picked in (None, "", []) or (isinstance(picked, list) and all(p is None for p in picked)):
-        return None
+    payload = ctx.payload
+    if strategy == "conversation":
+        picked = payload.get("messages")  # intake checked that it is a list of messages
+        if not picked:
+            return None
+    else:
+        picked = question(payload, strategy, key_from)
+        if picked in (None, "", []) or (
+            isinstance(picked, list) and all(p is None for p in picked)
+        ):
+            return None
     target = ctx.target
-    material = {
-        "v": KEY_VERSION,
-        "scope": scope,
-        "api": ctx.api,
-        "target": [target.provider, target.model] if target else ctx.model,
-        "strategy": strategy,
-        "key_from": key_from if strategy == "lastQuestion" else None,
-        "question": picked,
-        "params": {k: v for k, v in ctx.payload.items() if k not in NOT_KEYED},
-    }
+    # A JSON array in a fixed order; only the request's own objects need their keys sorted.
+    material = (
+        KEY_VERSION,
+        scope,
+        ctx.api,
+        target.provider if target else None,
+        target.model if target else ctx.model,
+        strategy,
+        key_from if strategy == "lastQuestion" else None,
+        picked,
+        {k: v for k, v in payload.items() if k not in NOT_KEYED},
+    )
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -45,8 +45,14 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
         message = choice.get("message") or {}
         # OpenAI's order and nulls: role, content, refusal, then what is present.
         kept = {"role": "assistant", "content": message.get("content"), "refusal": None}
-        kept.update((f, message[f]) for f in _TEXT_FIELDS if message.get(f) is not None)
-        kept.update((f, message[f]) for f in _LIST_FIELDS if message.get(f))  # [] means none
+        for f in _TEXT_FIELDS:
+            value = message.get(f)
+            if value is not None:
+                kept[f] = value
+        for f in _LIST_FIELDS:
+            value = message.get(f)
+            if value:  # [] means none
+                kept[f] = value
         choices.append(
             {
                 "index": choice.get("index", 0),

@@ -9,21 +9,20 @@ Every replay gets a fresh ``chatcmpl-`` id, since ids name responses.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 
 from aigw.context import SSE_CT, Reply
+from aigw.ids import new_id
 from aigw.sse import DONE, encode
 
 from .record import CacheRecord
 
 
 def _new_id() -> str:
-    # Ids name responses; they need to be unique, not unpredictable (no syscall per reply).
-    return f"chatcmpl-{random.getrandbits(96):024x}"
+    return "chatcmpl-" + new_id()
 
 
 _ID_SLOT = "chatcmpl-@@aigw-id@@"

@@ -84,15 +84,15 @@ class MemoryStore:
         return record
 
     async def set(self, record: CacheRecord) -> None:
-        key = record.key
+        key, data = record.key, self._data
         self._drop(key)  # even when the new value is not kept: the old one is stale
         size = len(encode(record))  # what it would weigh serialised, as in Redis
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for
-        self._data[key] = (time.monotonic() + record.ttl, size, record)
+        data[key] = (time.monotonic() + record.ttl, size, record)
         self.bytes += size
-        while len(self._data) > self.max_entries or self.bytes > self.max_bytes:
-            self._drop(next(iter(self._data)))
+        while len(data) > self.max_entries or self.bytes > self.max_bytes:
+            self.bytes -= data.popitem(last=False)[1][1]  # the least recently used
 
     async def delete(self, key: str) -> None:
         self._drop(key)

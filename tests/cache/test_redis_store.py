@@ -1,0 +1,114 @@
+"""``RedisStore`` against a real redis-server: lookups batched into one ``MGET`` per loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as redis
+
+from aigw.cache.record import InvalidRecord
+from aigw.cache.redis_store import RedisStore, RedisStoreConfig
+from aigw.cache.stores import StoreError
+from tests.cache.test_stores import rec
+from tests.redis_server import RedisServer
+
+
+def store_at(url: str, prefix: str) -> RedisStore:
+    return RedisStore(RedisStoreConfig(url=url, key_prefix=prefix))
+
+
+async def command_calls(url: str) -> dict[str, int]:
+    """How many times the server ran each command so far (``INFO commandstats``)."""
+    client = redis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_lookups_in_one_loop_turn_go_as_one_mget(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        for key in ("a", "b", "c"):
+            await store.set(rec(key, f"answer {key}"))
+        before = await command_calls(redis_server.url)
+        keys = ["a", "b", "c", "missing", "a", "b"] * 5  # duplicates share the batch's slot
+        found = await asyncio.gather(*(store.get(k) for k in keys))
+        after = await command_calls(redis_server.url)
+    finally:
+        await store.aclose()
+    texts = [r.response["choices"][0]["message"]["content"] if r else None for r in found]
+    assert texts == [f"answer {k}" if k != "missing" else None for k in keys]
+    assert after.get("mget", 0) - before.get("mget", 0) == 1
+    assert after.get("get", 0) == before.get("get", 0)
+
+
+async def test_lookups_in_later_loop_turns_get_their_own_batch(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        await store.set(rec("a"))
+        before = await command_calls(redis_server.url)
+        for _ in range(3):
+            assert (await store.get("a")) is not None
+        after = await command_calls(redis_server.url)
+    finally:
+        await store.aclose()
+    assert after["mget"] - before.get("mget", 0) == 3
+
+
+async def test_a_cancelled_lookup_leaves_the_rest_of_its_batch_alone(
+    redis_server: RedisServer,
+) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        await store.set(rec("a"))
+        lookups = [asyncio.ensure_future(store.get("a")) for _ in range(3)]
+        await asyncio.sleep(0)  # the lookups join the batch
+        lookups[1].cancel()  # a client hanging up
+        results = await asyncio.gather(*lookups, return_exceptions=True)
+    finally:
+        await store.aclose()
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert [r.key for r in (results[0], results[2])] == ["a", "a"]  # type: ignore[union-attr]
+
+
+async def test_garbage_under_one_key_fails_only_its_own_lookup(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await store.set(rec("good"))
+        await client.set("t:bad", b"\x00 not a record")
+        good, bad = await asyncio.gather(
+            store.get("good"), store.get("bad"), return_exceptions=True
+        )
+    finally:
+        await client.aclose()
+        await store.aclose()
+    assert isinstance(bad, InvalidRecord)
+    assert not isinstance(good, BaseException) and good is not None and good.key == "good"
+
+
+async def test_redis_down_fails_every_lookup_of_the_batch(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        await store.set(rec("a"))
+        redis_server.stop()
+        results = await asyncio.gather(*(store.get("a") for _ in range(4)), return_exceptions=True)
+    finally:
+        await store.aclose()
+    assert len(results) == 4
+    assert all(isinstance(r, StoreError) and "MGET" in str(r) for r in results), results
+
+
+@pytest.mark.parametrize("n", [1, 50])
+async def test_shutdown_waits_for_a_batch_under_way(redis_server: RedisServer, n: int) -> None:
+    store = store_at(redis_server.url, "t:")
+    await store.set(rec("a"))
+    lookups = [asyncio.ensure_future(store.get("a")) for _ in range(n)]
+    await asyncio.sleep(0)  # the batch is handed to its task
+    await asyncio.sleep(0)
+    await store.aclose()
+    results = await asyncio.gather(*lookups, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) and r is not None for r in results), results
