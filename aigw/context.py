@@ -99,7 +99,7 @@ class RequestContext:
     reply: Reply | None = None
     replied_by: str | None = None
     #: Plugins whose ``on_request`` ran and passed the request on, in order.
-    passed_on: list[str] = field(default_factory=list)
+    passed_on: tuple[str, ...] = ()
     #: Headers plugins add in ``on_response_headers``; merged over the reply's own.
     response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     status: int = 0

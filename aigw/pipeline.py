@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aigw.context import Reply, RequestContext
@@ -25,6 +26,19 @@ Step = tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]]
 # building a keyword dict per step on every request.
 _CTX_ONLY = ("ctx",)
 
+
+@dataclass(frozen=True, slots=True)
+class ResponseChains:
+    """The response-phase steps run for a request, last plugin first; the core skips a phase
+    whose list is empty, so plugins that do not hook it cost nothing."""
+
+    headers: list[Step]
+    chunk: list[Step]
+    end: list[Step]
+
+
+_NO_CHAINS = ResponseChains([], [], [])
+
 _PHASES = ("on_request", "on_response_headers", "on_response_chunk", "on_response_end", "on_log")
 
 
@@ -32,8 +46,8 @@ class Pipeline:
     """The request/response chains of one configured gateway.
 
     :meth:`run_request` returns the reply (never raises for plugin errors: they become error
-    replies); the ``response_*`` methods run the reverse chains over the plugins that passed
-    the request on; :meth:`log` runs ``on_log`` for every plugin.
+    replies); :meth:`chains` gives the reverse chains over the plugins that passed the request
+    on, which the ``response_*`` methods run; :meth:`log` runs ``on_log`` for every plugin.
     """
 
     def __init__(self, loaded: LoadedPlugins) -> None:
@@ -53,14 +67,18 @@ class Pipeline:
         self._request = [steps["on_request"][n] for n in order if n in steps["on_request"]]
         self._log = [steps["on_log"][n] for n in order if n in steps["on_log"]]
         self._index = {n: i for i, n in enumerate(order)}
-        # _reverse[phase][i]: the phase's steps of plugins before plugin i, last first.
-        self._reverse = {
-            phase: [
-                [steps[phase][n] for n in reversed(order[:i]) if n in steps[phase]]
-                for i in range(len(order))
-            ]
-            for phase in ("on_response_headers", "on_response_chunk", "on_response_end")
-        }
+        # _chains[i]: the response steps of the plugins before plugin i (which replied), last
+        # first; _passed_on[i]: those plugins' names, in order.
+        self._chains = [
+            ResponseChains(
+                *(
+                    [steps[phase][n] for n in reversed(order[:i]) if n in steps[phase]]
+                    for phase in ("on_response_headers", "on_response_chunk", "on_response_end")
+                )
+            )
+            for i in range(len(order))
+        ]
+        self._passed_on = [tuple(order[:i]) for i in range(len(order))]
 
     async def run_request(self, ctx: RequestContext) -> Reply:
         """Run ``on_request`` in conf.d order until a plugin replies; errors become replies."""
@@ -77,35 +95,36 @@ class Pipeline:
             if reply is not None:
                 assert isinstance(reply, Reply), f"{name}.on_request returned {reply!r}"
                 ctx.reply, ctx.replied_by = reply, name
-                ctx.passed_on = self.names[: self._index[name]]
+                ctx.passed_on = self._passed_on[self._index[name]]
                 return reply
         raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
 
-    def _chain(self, phase: str, ctx: RequestContext) -> list[Step]:
+    def chains(self, ctx: RequestContext) -> ResponseChains:
+        """The response-phase steps for ``ctx``: those of the plugins that passed it on."""
         if ctx.replied_by is None:
-            return []
-        return self._reverse[phase][self._index[ctx.replied_by]]
+            return _NO_CHAINS
+        return self._chains[self._index[ctx.replied_by]]
 
-    def wants_chunks(self, ctx: RequestContext) -> bool:
-        """Whether any plugin that passed the request on looks at response chunks."""
-        return bool(self._chain("on_response_chunk", ctx))
-
-    async def response_headers(self, ctx: RequestContext, reply: Reply) -> None:
+    async def response_headers(
+        self, ctx: RequestContext, reply: Reply, chains: ResponseChains
+    ) -> None:
         """``on_response_headers`` in reverse order; an exception propagates to the core."""
-        for _, fn, args in self._chain("on_response_headers", ctx):
+        for _, fn, args in chains.headers:
             await fn(**_kw(args, ctx, reply=reply))
 
-    async def response_chunk(self, ctx: RequestContext, chunk: bytes) -> bytes:
+    async def response_chunk(
+        self, ctx: RequestContext, chunk: bytes, chains: ResponseChains
+    ) -> bytes:
         """``on_response_chunk`` in reverse order; each may replace the chunk."""
-        for _, fn, args in self._chain("on_response_chunk", ctx):
+        for _, fn, args in chains.chunk:
             out = await fn(**_kw(args, ctx, chunk=chunk))
             if out is not None:
                 chunk = out
         return chunk
 
-    async def response_end(self, ctx: RequestContext) -> None:
+    async def response_end(self, ctx: RequestContext, chains: ResponseChains) -> None:
         """``on_response_end`` in reverse order; errors are logged, not raised."""
-        for name, fn, args in self._chain("on_response_end", ctx):
+        for name, fn, args in chains.end:
             try:
                 await (fn(ctx) if args == _CTX_ONLY else fn(**_kw(args, ctx)))
             except Exception:

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from aigw.context import SSE_CT, Reply, RequestContext
 from aigw.errors import GatewayError
-from aigw.pipeline import Pipeline
+from aigw.pipeline import Pipeline, ResponseChains
 
 log = logging.getLogger("aigw")
 
@@ -27,11 +27,13 @@ _CLIENT_GONE = (ConnectionResetError, ConnectionError)
 
 async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.StreamResponse:
     """Run the response phase for ``reply`` and write it; returns the prepared response."""
-    try:
-        await pipeline.response_headers(ctx, reply)
-    except Exception as err:
-        await _close_stream(reply)
-        reply = _error_reply(ctx, err, "on_response_headers")
+    chains = pipeline.chains(ctx)
+    if chains.headers:
+        try:
+            await pipeline.response_headers(ctx, reply, chains)
+        except Exception as err:
+            await _close_stream(reply)
+            reply = _error_reply(ctx, err, "on_response_headers")
     ctx.status = reply.status
     headers = CIMultiDict(reply.headers)
     headers["x-request-id"] = ctx.request_id
@@ -41,17 +43,21 @@ async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.Str
     if ctx.response_headers:
         headers.update(ctx.response_headers)
     if reply.stream is None:
-        return await _send_body(ctx, reply, pipeline, headers)
-    return await _send_stream(ctx, reply, pipeline, headers)
+        return await _send_body(ctx, reply, pipeline, chains, headers)
+    return await _send_stream(ctx, reply, pipeline, chains, headers)
 
 
 async def _send_body(
-    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: CIMultiDict[str]
+    ctx: RequestContext,
+    reply: Reply,
+    pipeline: Pipeline,
+    chains: ResponseChains,
+    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     body = reply.body
-    if pipeline.wants_chunks(ctx):
+    if chains.chunk:
         try:
-            body = await pipeline.response_chunk(ctx, body)
+            body = await pipeline.response_chunk(ctx, body, chains)
         except Exception as err:
             reply = _error_reply(ctx, err, "on_response_chunk")
             body, ctx.status = reply.body, reply.status
@@ -66,12 +72,17 @@ async def _send_body(
         ctx.error = err
         return resp
     ctx.complete = True
-    await pipeline.response_end(ctx)
+    if chains.end:
+        await pipeline.response_end(ctx, chains)
     return resp
 
 
 async def _send_stream(
-    ctx: RequestContext, reply: Reply, pipeline: Pipeline, headers: CIMultiDict[str]
+    ctx: RequestContext,
+    reply: Reply,
+    pipeline: Pipeline,
+    chains: ResponseChains,
+    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     assert reply.stream is not None
     resp = web.StreamResponse(status=ctx.status, headers=headers)
@@ -79,13 +90,14 @@ async def _send_stream(
     if reply.content_type == SSE_CT:
         resp.charset = "utf-8"
         resp.headers["Cache-Control"] = "no-cache"
-    chunk_hooks = pipeline.wants_chunks(ctx)
     try:
         await resp.prepare(ctx.request)
         async for chunk in reply.stream:
             if ctx.first_byte_at is None:
                 ctx.first_byte_at = time.perf_counter()
-            await resp.write(await pipeline.response_chunk(ctx, chunk) if chunk_hooks else chunk)
+            if chains.chunk:
+                chunk = await pipeline.response_chunk(ctx, chunk, chains)
+            await resp.write(chunk)
         await resp.write_eof()
     except _CLIENT_GONE as err:
         ctx.error = err
@@ -97,7 +109,8 @@ async def _send_stream(
     finally:
         await _close_stream(reply)
     ctx.complete = True
-    await pipeline.response_end(ctx)
+    if chains.end:
+        await pipeline.response_end(ctx, chains)
     return resp
 
 

@@ -37,7 +37,11 @@ class Upstream:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self._keys = cfg.keys or [""]
+        # The headers each API key adds, with the provider's own and Content-Type.
+        self._headers = [
+            {**cfg.headers, "Content-Type": "application/json", **self._auth(key)}
+            for key in cfg.keys or [""]
+        ]
         self._turn = itertools.count()  # spreads requests over the keys
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
@@ -74,7 +78,6 @@ class Upstream:
         Raises :class:`UpstreamError` (unreachable) or :class:`UpstreamTimeout`.
         """
         url = self.url(api, model)
-        base = {**headers, **self.cfg.headers, "Content-Type": "application/json"}
         attempts = self.cfg.max_retries + 1
         first = next(self._turn)  # each request walks the keys from its own starting point
         for attempt in range(attempts):
@@ -83,7 +86,7 @@ class Upstream:
                 resp = await session.post(
                     url,
                     data=body,
-                    headers={**base, **self._auth(self._keys[(first + attempt) % len(self._keys)])},
+                    headers={**headers, **self._headers[(first + attempt) % len(self._headers)]},
                     timeout=self._timeout,
                 )
             except aiohttp.ServerTimeoutError as err:
