@@ -32,6 +32,11 @@ from .stores import StoreError
 
 T = TypeVar("T")
 
+# Bounds of the parsed-record memo: it holds values, their records and rendered replies, so the
+# process may use about three times PARSED_MAX_BYTES for it.
+PARSED_MAX = 1024
+PARSED_MAX_BYTES = 4 * 1024 * 1024
+
 
 class RedisStoreConfig(Settings):
     """``type: redis``.
@@ -81,6 +86,9 @@ class RedisStore:
         # Keys (with prefix) looked up during this loop turn, each with its callers' futures.
         self._batch: dict[str, list[asyncio.Future[bytes | str | None]]] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Parsed records of recently read values, oldest first (see _decode).
+        self._parsed: dict[bytes, CacheRecord] = {}
+        self._parsed_bytes = 0
 
     async def _run(self, what: str, call: Awaitable[T]) -> T:
         try:
@@ -107,7 +115,26 @@ class RedisStore:
             return None
         if not isinstance(value, bytes):
             raise StoreError("redis GET: unexpected value type")
-        return decode(value)
+        return self._decode(value)
+
+    def _decode(self, value: bytes) -> CacheRecord:
+        """The record in ``value``, parsed once per distinct value.
+
+        A hot entry comes back from Redis byte for byte the same each time, so its parsed record
+        (and the reply rendered from it) is kept, keyed by those bytes. Only parsing is saved:
+        every lookup still asks Redis, so an entry deleted, expired or rewritten there is never
+        served from here.
+        """
+        record = self._parsed.get(value)
+        if record is None:
+            record = decode(value)
+            self._parsed[value] = record
+            self._parsed_bytes += len(value)
+            while self._parsed_bytes > PARSED_MAX_BYTES or len(self._parsed) > PARSED_MAX:
+                oldest = next(iter(self._parsed))
+                del self._parsed[oldest]
+                self._parsed_bytes -= len(oldest)
+        return record
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, None

@@ -112,3 +112,41 @@ async def test_shutdown_waits_for_a_batch_under_way(redis_server: RedisServer, n
     await store.aclose()
     results = await asyncio.gather(*lookups, return_exceptions=True)
     assert all(not isinstance(r, BaseException) and r is not None for r in results), results
+
+
+async def test_a_value_read_again_is_parsed_once_but_always_read(
+    redis_server: RedisServer,
+) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        await store.set(rec("a", "first"))
+        first = await store.get("a")
+        assert first is not None and await store.get("a") is first  # the same parsed record
+        await store.set(rec("a", "second"))  # rewritten in Redis (by any instance)
+        second = await store.get("a")
+        assert second is not None and second is not first
+        assert second.response["choices"][0]["message"]["content"] == "second"
+        await store.delete("a")
+        assert await store.get("a") is None  # gone from Redis: gone, whatever was parsed
+    finally:
+        await store.aclose()
+
+
+async def test_the_parsed_records_stay_within_their_bounds(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aigw.cache import redis_store
+
+    monkeypatch.setattr(redis_store, "PARSED_MAX", 5)
+    store = store_at(redis_server.url, "t:")
+    try:
+        for i in range(12):
+            await store.set(rec(f"k{i}"))
+            assert await store.get(f"k{i}") is not None
+            assert len(store._parsed) <= 5
+        assert store._parsed_bytes == sum(len(v) for v in store._parsed)
+        monkeypatch.setattr(redis_store, "PARSED_MAX_BYTES", 1)  # smaller than any value
+        await store.get("k0")
+        assert len(store._parsed) == 0 and store._parsed_bytes == 0
+    finally:
+        await store.aclose()
