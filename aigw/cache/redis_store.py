@@ -15,6 +15,7 @@ request waits one loop turn, microseconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 from typing import Any, Literal, TypeVar
 
@@ -31,6 +32,12 @@ from .record import CacheRecord, decode, encode
 from .stores import StoreError
 
 T = TypeVar("T")
+# Keys looked up in one loop turn, each with its callers' futures.
+_Batch = dict[str, list[asyncio.Future[bytes | str | None]]]
+
+# Keys per MGET: every lookup of a batch shares its deadline, so a huge batch (or one huge value)
+# should not make a whole burst of lookups miss together.
+MAX_BATCH = 128
 
 # Bounds of the parsed-record memo: it holds values, their records and rendered replies, so the
 # process may use about three times PARSED_MAX_BYTES for it.
@@ -83,8 +90,7 @@ class RedisStore:
             self.client = redis.Redis.from_url(config.url, **common)
         else:
             self.client = redis.Redis(host=config.host, port=config.port, ssl=config.tls, **common)
-        # Keys (with prefix) looked up during this loop turn, each with its callers' futures.
-        self._batch: dict[str, list[asyncio.Future[bytes | str | None]]] | None = None
+        self._batch: _Batch | None = None  # keys with their prefix
         self._inflight: set[asyncio.Task[None]] = set()
         # Parsed records of recently read values, oldest first (see _decode).
         self._parsed: dict[bytes, CacheRecord] = {}
@@ -103,7 +109,9 @@ class RedisStore:
 
     async def get(self, key: str) -> CacheRecord | None:
         batch = self._batch
-        if batch is None:
+        if batch is None or len(batch) >= MAX_BATCH:
+            if batch is not None:
+                self._send_batch()  # full: it goes now, and this lookup starts the next one
             batch = self._batch = {}
             asyncio.get_running_loop().call_soon(self._send_batch)
         # One future per caller, not per key: a caller that gives up (its client hung up)
@@ -116,6 +124,33 @@ class RedisStore:
         if not isinstance(value, bytes):
             raise StoreError("redis GET: unexpected value type")
         return self._decode(value)
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._mget(batch))
+            self._inflight.add(task)  # a reference, so the task cannot be collected mid-way
+            task.add_done_callback(functools.partial(self._settle, batch))
+
+    async def _mget(self, batch: _Batch) -> None:
+        try:
+            values = await self._run("MGET", self.client.mget(list(batch)))
+        except StoreError as err:
+            return _fail(batch, str(err))
+        except Exception as err:  # a redis-py surprise: still only a miss, and said so
+            return _fail(batch, f"redis MGET: {err!r}")
+        if len(values) != len(batch):
+            return _fail(batch, "redis MGET: wrong number of values")
+        for futures, value in zip(batch.values(), values, strict=True):
+            for future in futures:
+                if not future.done():
+                    future.set_result(value)
+
+    def _settle(self, batch: _Batch, task: asyncio.Task[None]) -> None:
+        """Whatever became of the batch's task (even cancelled before it ran), every caller
+        gets an answer."""
+        self._inflight.discard(task)
+        _fail(batch, "redis MGET: lookup abandoned")
 
     def _decode(self, value: bytes) -> CacheRecord:
         """The record in ``value``, parsed once per distinct value.
@@ -136,33 +171,6 @@ class RedisStore:
                 self._parsed_bytes -= len(oldest)
         return record
 
-    def _send_batch(self) -> None:
-        batch, self._batch = self._batch, None
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._mget(batch))
-            self._inflight.add(task)  # a reference, so the task cannot be collected mid-way
-            task.add_done_callback(self._inflight.discard)
-
-    async def _mget(self, batch: dict[str, list[asyncio.Future[bytes | str | None]]]) -> None:
-        error = "redis MGET: lookup abandoned"  # what callers see if this task dies
-        try:
-            values = await self._run("MGET", self.client.mget(list(batch)))
-            if len(values) != len(batch):
-                error = "redis MGET: wrong number of values"
-                return
-            for futures, value in zip(batch.values(), values, strict=True):
-                for future in futures:
-                    if not future.done():
-                        future.set_result(value)
-        except StoreError as err:
-            error = str(err)
-        finally:
-            # Every caller gets an answer, whatever happened to the batch.
-            for futures in batch.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(StoreError(error))
-
     async def set(self, record: CacheRecord) -> None:
         value = encode(record)
         await self._run("SET", self.client.set(self.prefix + record.key, value, ex=record.ttl))
@@ -174,6 +182,15 @@ class RedisStore:
         await self._run("PING", self.client.ping())
 
     async def aclose(self) -> None:
-        if self._inflight:
+        self._send_batch()  # lookups waiting for the next loop turn go now, on the open client
+        while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         await self.client.aclose()
+
+
+def _fail(batch: _Batch, message: str) -> None:
+    """Answer every caller of ``batch`` still waiting with a :class:`StoreError`."""
+    for futures in batch.values():
+        for future in futures:
+            if not future.done():
+                future.set_exception(StoreError(message))

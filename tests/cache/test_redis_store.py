@@ -150,3 +150,76 @@ async def test_the_parsed_records_stay_within_their_bounds(
         assert len(store._parsed) == 0 and store._parsed_bytes == 0
     finally:
         await store.aclose()
+
+
+async def connected_clients(url: str) -> int:
+    """Clients connected to the server, not counting the one asking."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int((await client.info("clients"))["connected_clients"]) - 1
+    finally:
+        await client.aclose()
+
+
+async def test_shutdown_sends_a_batch_not_yet_sent_on_the_open_client(
+    redis_server: RedisServer,
+) -> None:
+    store = store_at(redis_server.url, "t:")
+    await store.set(rec("a"))
+    lookup = asyncio.ensure_future(store.get("a"))
+    await asyncio.sleep(0)  # the lookup joined a batch that waits for the next loop turn
+    await store.aclose()
+    assert (await lookup) is not None
+    # Sent after the close, the MGET would have opened a connection nobody closes.
+    assert await connected_clients(redis_server.url) == 0
+
+
+async def test_a_batch_task_cancelled_before_it_ran_still_answers_its_callers(
+    redis_server: RedisServer,
+) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        lookup = asyncio.ensure_future(store.get("a"))
+        await asyncio.sleep(0)
+        store._send_batch()  # what the next loop turn would do ...
+        (task,) = store._inflight
+        task.cancel()  # ... and the task dies before its first step
+        with pytest.raises(StoreError, match="abandoned"):
+            await asyncio.wait_for(lookup, 5)
+    finally:
+        await store.aclose()
+
+
+async def test_an_unexpected_error_in_the_batch_is_a_store_error_for_every_caller(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_at(redis_server.url, "t:")
+
+    async def broken_mget(keys: list[str]) -> list[bytes | None]:
+        raise RuntimeError("surprise")
+
+    monkeypatch.setattr(store.client, "mget", broken_mget)
+    try:
+        results = await asyncio.gather(*(store.get(k) for k in "ab"), return_exceptions=True)
+    finally:
+        await store.aclose()
+    assert all(isinstance(r, StoreError) and "surprise" in str(r) for r in results), results
+    assert not [r for r in caplog.records if r.name == "asyncio"]  # no unretrieved task error
+
+
+async def test_a_burst_of_lookups_is_split_into_bounded_batches(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aigw.cache import redis_store
+
+    monkeypatch.setattr(redis_store, "MAX_BATCH", 4)
+    store = store_at(redis_server.url, "t:")
+    try:
+        await store.set(rec("k3"))
+        before = await command_calls(redis_server.url)
+        found = await asyncio.gather(*(store.get(f"k{i}") for i in range(10)))
+        after = await command_calls(redis_server.url)
+    finally:
+        await store.aclose()
+    assert [r is not None for r in found] == [i == 3 for i in range(10)]
+    assert after["mget"] - before.get("mget", 0) == 3  # 4 + 4 + 2 keys
