@@ -7,6 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as redis
 
+from aigw.cache import redis_store
 from aigw.cache.record import InvalidRecord
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.stores import StoreError
@@ -135,8 +136,6 @@ async def test_a_value_read_again_is_parsed_once_but_always_read(
 async def test_the_parsed_records_stay_within_their_bounds(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aigw.cache import redis_store
-
     monkeypatch.setattr(redis_store, "PARSED_MAX", 5)
     store = store_at(redis_server.url, "t:")
     try:
@@ -210,8 +209,6 @@ async def test_an_unexpected_error_in_the_batch_is_a_store_error_for_every_calle
 async def test_a_burst_of_lookups_is_split_into_bounded_batches(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aigw.cache import redis_store
-
     monkeypatch.setattr(redis_store, "MAX_BATCH", 4)
     store = store_at(redis_server.url, "t:")
     try:
