@@ -108,15 +108,16 @@ class RedisStore:
             raise StoreError(f"redis {what}: {err}") from None
 
     async def get(self, key: str) -> CacheRecord | None:
+        loop = asyncio.get_running_loop()
         batch = self._batch
         if batch is None or len(batch) >= MAX_BATCH:
             if batch is not None:
                 self._send_batch()  # full: it goes now, and this lookup starts the next one
             batch = self._batch = {}
-            asyncio.get_running_loop().call_soon(self._send_batch)
+            loop.call_soon(self._send_batch)
         # One future per caller, not per key: a caller that gives up (its client hung up)
         # cancels its own future only.
-        future: asyncio.Future[bytes | str | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes | str | None] = loop.create_future()
         batch.setdefault(self.prefix + key, []).append(future)
         value = await future
         if value is None:
