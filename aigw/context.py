@@ -61,7 +61,6 @@ class Reply:
         return cls(status=err.status, body=err.body(), headers=dict(err.headers))
 
 
-@dataclass(slots=True, kw_only=True)
 class RequestContext:
     """Everything known about one request, from arrival to the access log.
 
@@ -70,52 +69,127 @@ class RequestContext:
     ``consumer`` (auth), ``cache_lookup``/``cache_store`` (skip-header), ``cache_*`` (caches).
     Set by the terminal while the response
     flows: ``status``, ``usage``, ``completion`` and ``complete`` (see their comments).
+
+    Built with keywords: ``request`` and ``request_id`` are required, any other field may be
+    given (a test's context, say). The fields are slots, so a misspelt one is an error, not
+    a silent new attribute. Written out rather than a dataclass: a dataclass ``__init__`` with
+    this many keyword defaults cost three times as much, once per request.
     """
+
+    __slots__ = (
+        "api",
+        "body",
+        "cache_key",
+        "cache_lookup",
+        "cache_status",
+        "cache_store",
+        "cache_type",
+        "complete",
+        "completion",
+        "consumer",
+        "error",
+        "finished_at",
+        "first_byte_at",
+        "include_usage",
+        "model",
+        "passed_on",
+        "payload",
+        "replied_by",
+        "reply",
+        "request",
+        "request_id",
+        "response_headers",
+        "scratch",
+        "similarity",
+        "started_at",
+        "status",
+        "stream",
+        "target",
+        "usage",
+    )
 
     request: web.Request
     request_id: str
-    api: Api | None = None
-    started_at: float = field(default_factory=time.perf_counter)
+    api: Api | None
+    started_at: float
     #: The raw request body and its parsed JSON object (read once by the core).
-    body: bytes = b""
-    payload: dict[str, Any] = field(default_factory=dict)
-    model: str = ""
-    stream: bool = False
+    body: bytes
+    payload: dict[str, Any]
+    model: str
+    stream: bool
     #: The client asked for the usage chunk of a stream (``stream_options.include_usage``).
-    include_usage: bool = False
-    target: Target | None = None
+    include_usage: bool
+    target: Target | None
 
     #: The authenticated caller (set by an auth plugin); the default cache scope.
-    consumer: str | None = None
+    consumer: str | None
     #: Whether caches may answer this request, and whether they may store its answer.
-    cache_lookup: bool = True
-    cache_store: bool = True
+    cache_lookup: bool
+    cache_store: bool
     #: A cache's verdict; the core sends it to the client as ``x-aigw-cache``.
-    cache_status: CacheStatus | None = None
-    cache_type: str | None = None
-    cache_key: str | None = None
-    similarity: float | None = None
+    cache_status: CacheStatus | None
+    cache_type: str | None
+    cache_key: str | None
+    similarity: float | None
 
-    reply: Reply | None = None
-    replied_by: str | None = None
+    reply: Reply | None
+    replied_by: str | None
     #: Plugins whose ``on_request`` ran and passed the request on, in order.
-    passed_on: tuple[str, ...] = ()
+    passed_on: tuple[str, ...]
     #: Headers plugins add in ``on_response_headers``; merged over the reply's own.
-    response_headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
-    status: int = 0
+    response_headers: CIMultiDict[str]
+    status: int
     #: Token usage of the answer (OpenAI ``usage`` object) once known.
-    usage: dict[str, Any] | None = None
+    usage: dict[str, Any] | None
     #: The whole answer as one OpenAI ``chat.completion`` object, set by the terminal only when
     #: the upstream finished it (a stream after its terminal event); ``None`` for errors and
     #: broken streams. Caches store this.
-    completion: dict[str, Any] | None = None
+    completion: dict[str, Any] | None
     #: True once the response was written to the client in full.
-    complete: bool = False
-    first_byte_at: float | None = None
-    finished_at: float | None = None
-    error: BaseException | None = None
+    complete: bool
+    first_byte_at: float | None
+    finished_at: float | None
+    error: BaseException | None
     #: Private per-request data of each plugin, keyed by plugin name.
-    scratch: dict[str, Any] = field(default_factory=dict)
+    scratch: dict[str, Any]
+
+    def __init__(
+        self, *, request: web.Request, request_id: str, api: Api | None = None, **fields: Any
+    ) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.api = api
+        self.started_at = time.perf_counter()
+        self.body = b""
+        self.payload = {}
+        self.model = ""
+        self.stream = False
+        self.include_usage = False
+        self.target = None
+        self.consumer = None
+        self.cache_lookup = True
+        self.cache_store = True
+        self.cache_status = None
+        self.cache_type = None
+        self.cache_key = None
+        self.similarity = None
+        self.reply = None
+        self.replied_by = None
+        self.passed_on = ()
+        self.response_headers = CIMultiDict()
+        self.status = 0
+        self.usage = None
+        self.completion = None
+        self.complete = False
+        self.first_byte_at = None
+        self.finished_at = None
+        self.error = None
+        self.scratch = {}
+        for name, value in fields.items():
+            setattr(self, name, value)  # a name that is not a field raises AttributeError
+
+    def __repr__(self) -> str:
+        return f"<RequestContext {self.request_id} {self.api} model={self.model!r}>"
 
     @property
     def elapsed_ms(self) -> float:

@@ -35,16 +35,20 @@ async def send(ctx: RequestContext, reply: Reply, pipeline: Pipeline) -> web.Str
             await _close_stream(reply)
             reply = _error_reply(ctx, err, "on_response_headers")
     ctx.status = reply.status
-    headers = CIMultiDict(reply.headers)
+    if reply.stream is None:
+        return await _send_body(ctx, reply, pipeline, chains)
+    return await _send_stream(ctx, reply, pipeline, chains)
+
+
+def _add_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
+    """The gateway's own headers, over the reply's (in the response's headers, which aiohttp
+    copied the reply's into: building our own first meant copying twice)."""
     headers["x-request-id"] = ctx.request_id
     if ctx.cache_status is not None:
         # One place for the cache outcome header, whichever cache decided it.
         headers["x-aigw-cache"] = ctx.cache_status
     if ctx.response_headers:
         headers.update(ctx.response_headers)
-    if reply.stream is None:
-        return await _send_body(ctx, reply, pipeline, chains, headers)
-    return await _send_stream(ctx, reply, pipeline, chains, headers)
 
 
 async def _send_body(
@@ -52,7 +56,6 @@ async def _send_body(
     reply: Reply,
     pipeline: Pipeline,
     chains: ResponseChains,
-    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     body = reply.body
     if chains.chunk:
@@ -62,8 +65,9 @@ async def _send_body(
             reply = _error_reply(ctx, err, "on_response_chunk")
             body, ctx.status = reply.body, reply.status
     resp = web.Response(
-        status=ctx.status, body=body, headers=headers, content_type=reply.content_type
+        status=ctx.status, body=body, headers=reply.headers, content_type=reply.content_type
     )
+    _add_headers(ctx, resp.headers)
     ctx.first_byte_at = time.perf_counter()
     try:
         await resp.prepare(ctx.request)
@@ -82,10 +86,10 @@ async def _send_stream(
     reply: Reply,
     pipeline: Pipeline,
     chains: ResponseChains,
-    headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     assert reply.stream is not None
-    resp = web.StreamResponse(status=ctx.status, headers=headers)
+    resp = web.StreamResponse(status=ctx.status, headers=reply.headers)
+    _add_headers(ctx, resp.headers)
     resp.content_type = reply.content_type
     if reply.content_type == SSE_CT:
         resp.charset = "utf-8"

@@ -221,7 +221,7 @@ class ExactCachePlugin:
         if state is None or not ctx.cache_store:
             return
         why_not = uncacheable_answer(ctx, self.config.cache_tool_calls)
-        if ctx.target != state.target:
+        if ctx.target is not state.target and ctx.target != state.target:
             why_not = f"answered by fallback {ctx.target}"
         if why_not is not None or ctx.completion is None:
             log.debug("not caching key %s: %s", ctx.cache_key, why_not)

@@ -20,7 +20,10 @@ _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 _LIST_FIELDS: Final = ("tool_calls", "annotations")  # annotations: a search model's citations
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+# creating a record (once per stored answer) cost four times as much. Records are shared
+# between requests all the same: treat them as read-only.
+@dataclass(slots=True)
 class CacheRecord:
     """One cached answer. ``response`` is a normalised ``chat.completion`` object."""
 

@@ -85,7 +85,9 @@ class MemoryStore:
 
     async def set(self, record: CacheRecord) -> None:
         key, data = record.key, self._data
-        self._drop(key)  # even when the new value is not kept: the old one is stale
+        old = data.pop(key, None)  # even when the new value is not kept: the old one is stale
+        if old is not None:
+            self.bytes -= old[1]
         size = len(encode(record))  # what it would weigh serialised, as in Redis
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for

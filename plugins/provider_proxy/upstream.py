@@ -75,6 +75,8 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """POST with retries; returns the final response (its body not yet read).
 
+        ``headers`` is this request's own dict: each attempt writes its API key's headers into
+        it (every key of a provider sets the same names, so each attempt replaces the last's).
         Raises :class:`UpstreamError` (unreachable) or :class:`UpstreamTimeout`.
         """
         url = self.url(api, model)
@@ -82,13 +84,9 @@ class Upstream:
         first = next(self._turn)  # each request walks the keys from its own starting point
         for attempt in range(attempts):
             last = attempt == attempts - 1
+            headers.update(self._headers[(first + attempt) % len(self._headers)])
             try:
-                resp = await session.post(
-                    url,
-                    data=body,
-                    headers={**headers, **self._headers[(first + attempt) % len(self._headers)]},
-                    timeout=self._timeout,
-                )
+                resp = await session.post(url, data=body, headers=headers, timeout=self._timeout)
             except aiohttp.ServerTimeoutError as err:
                 if isinstance(err, aiohttp.ConnectionTimeoutError) and not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")
