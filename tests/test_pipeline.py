@@ -6,6 +6,7 @@ exactly the path a user's own plugin takes. They record every hook call in ``EVE
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
 import uuid
@@ -305,3 +306,29 @@ async def test_hook_check_ready(make_gateway: GatewayFactory, recorder: ModuleTy
     async with sick.http.get(sick.url("/readyz")) as resp:
         assert resp.status == 503
         assert (await resp.json())["problems"] == ["vector db down"]
+
+
+async def test_replies_ready_together_are_written_together(
+    tmp_path: Path, recorder: ModuleType
+) -> None:
+    # send() yields to the loop once before writing (see aigw.respond): two replies ready in the
+    # same turn both run their headers phase before either is written and ends.
+    from aiohttp.test_utils import make_mocked_request
+
+    from aigw import Reply
+    from aigw.context import RequestContext
+    from aigw.pipeline import Pipeline
+    from aigw.plugins import load
+    from aigw.respond import send
+
+    pipeline = Pipeline(load(load_config(write_conf(tmp_path / "conf.d", conf(recorder)))))
+
+    async def answer(n: int) -> None:
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        ctx = RequestContext(request=request, request_id=f"r{n}", replied_by="provider-proxy")
+        await send(ctx, Reply.json({"n": n}), pipeline)
+        assert ctx.complete
+
+    await asyncio.gather(answer(1), answer(2))
+    phases = [p for label, p in recorder.EVENTS if label == "A" and p in ("headers", "end")]
+    assert phases == ["headers", "headers", "end", "end"]

@@ -117,22 +117,6 @@ async def test_memory_get_set_delete(clock: Clock) -> None:
     assert await store.get("b") is None
 
 
-async def test_memory_lookups_that_arrive_together_run_together(clock: Clock) -> None:
-    # A lookup yields to the loop once (see MemoryStore.get): concurrent hits all look up
-    # before any of them replies, as with the Redis store's batches.
-    store = memory()
-    await store.set(rec("a", "one"))
-    order: list[str] = []
-
-    async def hit(name: str) -> None:
-        order.append(f"{name} looks up")
-        assert await store.get("a") is not None
-        order.append(f"{name} replies")
-
-    await asyncio.gather(hit("x"), hit("y"))
-    assert order == ["x looks up", "y looks up", "x replies", "y replies"]
-
-
 async def test_memory_ttl_expiry(clock: Clock) -> None:
     store = memory()
     short, long = rec("short", "s", ttl=10), rec("long", "lllll", ttl=100)
