@@ -1,7 +1,8 @@
 """aigw: an OpenAI-compatible AI gateway with exact and semantic caching.
 
 Plugins import :data:`hookimpl` from here to mark their hook implementations, and build
-:class:`Reply` objects to answer a request locally.
+:class:`Reply` objects to answer a request locally; ``check_ready`` may return
+:class:`Degraded` for a backend the plugin can serve without.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ hookimpl = pluggy.HookimplMarker("aigw")
 
 from aigw.context import Reply, RequestContext, Target  # noqa: E402
 from aigw.errors import ConfigError, GatewayError  # noqa: E402
+from aigw.readiness import Degraded  # noqa: E402
 
 __all__ = [
     "ConfigError",
+    "Degraded",
     "GatewayError",
     "Reply",
     "RequestContext",

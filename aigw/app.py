@@ -26,6 +26,7 @@ from aigw.ids import new_id
 from aigw.intake import read_payload
 from aigw.pipeline import Pipeline
 from aigw.plugins import LoadedPlugins, load
+from aigw.readiness import verdict
 from aigw.respond import send
 
 log = logging.getLogger("aigw")
@@ -153,16 +154,22 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 def _readyz_handler(gateway: Gateway, loaded: LoadedPlugins) -> Handler:
+    # Probes in conf.d order, so the problems are listed in it (pluggy would call them LIFO).
+    rank = {name: i for i, (name, _) in enumerate(loaded.order)}
+    impls = sorted(loaded.pm.hook.check_ready.get_hookimpls(), key=lambda i: rank[i.plugin_name])
+
     async def readyz(request: web.Request) -> web.Response:
-        results = await asyncio.gather(*loaded.pm.hook.check_ready(), return_exceptions=True)
-        problems = [
-            r if isinstance(r, str) else f"probe failed: {r!r}" for r in results if r is not None
-        ]
-        if problems:
-            return web.json_response({"status": "not ready", "problems": problems}, status=503)
-        return web.json_response({"status": "ready"})
+        results = await asyncio.gather(*(_probe(i) for i in impls), return_exceptions=True)
+        status, body = verdict(results)
+        return web.json_response(body, status=status)
 
     return readyz
+
+
+async def _probe(impl: HookImpl) -> object:
+    """One plugin's ``check_ready`` result."""
+    result = impl.function()
+    return await result if inspect.isawaitable(result) else result
 
 
 async def _not_found(request: web.Request) -> web.Response:

@@ -65,8 +65,12 @@ async def check_ready() -> str | None:
     """Probe the plugin's backends for ``GET /readyz``.
 
     Called concurrently for every plugin that implements it, on each ``/readyz`` request.
-    Return ``None`` when ready, or a short reason (no secrets) when a backend is unreachable;
-    ``/readyz`` then answers 503 listing the reasons. Raising counts as not ready.
+    Return ``None`` when ready, or a short reason (no secrets) when a backend is unreachable.
+    A plain string means the gateway cannot serve without it (a backend the plugin fails
+    closed on): ``/readyz`` answers 503 listing the reasons. Wrap the reason in
+    :class:`aigw.Degraded` for a backend the plugin fails open on (a cache): ``/readyz`` stays
+    200 with ``"status": "degraded"`` and the reasons, so a load balancer keeps the instance.
+    Raising counts as not ready.
     """
 
 

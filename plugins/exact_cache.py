@@ -17,6 +17,7 @@ complete answers are stored: status 200, ``finish_reason`` ``stop`` (or ``tool_c
 
 Fails open: a store error, timeout or garbage value is a miss (or a skipped store), counted in
 ``failures.counts`` and logged at most every few seconds; the request never fails for the cache.
+An unreachable store makes ``/readyz`` report ``degraded`` (still 200): the gateway serves on.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from aigw import hookimpl
+from aigw import Degraded, hookimpl
 from aigw.cache.failopen import FailureLog
 from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key
 from aigw.cache.record import CacheRecord, InvalidRecord, make_record
@@ -142,7 +143,8 @@ class ExactCachePlugin:
         try:
             await self.store.ping()
         except StoreError as err:
-            return f"exact-cache: {err}"
+            # The cache fails open: without its store the gateway still answers everything.
+            return Degraded(f"exact-cache: {err}")
         return None
 
     @hookimpl

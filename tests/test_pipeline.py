@@ -27,7 +27,7 @@ from tests.conftest import GatewayFactory, write_conf
 RECORDER = """
 from __future__ import annotations
 
-from aigw import Reply, hookimpl
+from aigw import Degraded, Reply, hookimpl
 from aigw.config import Settings
 from aigw.errors import GatewayError
 
@@ -41,6 +41,7 @@ class RecorderConfig(Settings):
     late_header: bool = False
     replace: str | None = None
     ready_problem: str | None = None
+    degraded: str | None = None
     fail_startup: bool = False
 
 
@@ -106,6 +107,8 @@ class Recorder:
 
     @hookimpl
     async def check_ready(self):
+        if self.c.degraded is not None:
+            return Degraded(self.c.degraded)
         return self.c.ready_problem
 
 
@@ -302,10 +305,23 @@ async def test_hook_check_ready(make_gateway: GatewayFactory, recorder: ModuleTy
     ready = await make_gateway(conf(recorder), name="ready")
     async with ready.http.get(ready.url("/readyz")) as resp:
         assert resp.status == 200
+        assert await resp.json() == {"status": "ready"}
     sick = await make_gateway(conf(recorder, C={"ready_problem": "vector db down"}), name="sick")
     async with sick.http.get(sick.url("/readyz")) as resp:
         assert resp.status == 503
-        assert (await resp.json())["problems"] == ["vector db down"]
+        assert await resp.json() == {"status": "not ready", "problems": ["vector db down"]}
+    # A backend the plugin fails open on: reported, and the instance stays in rotation.
+    degraded = await make_gateway(conf(recorder, A={"degraded": "cache down"}), name="degraded")
+    async with degraded.http.get(degraded.url("/readyz")) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"status": "degraded", "problems": ["cache down"]}
+    # Any blocking problem wins over degraded ones; every reason is listed, in conf.d order.
+    both = await make_gateway(
+        conf(recorder, A={"degraded": "cache down"}, C={"ready_problem": "auth down"}), name="both"
+    )
+    async with both.http.get(both.url("/readyz")) as resp:
+        assert resp.status == 503
+        assert (await resp.json())["problems"] == ["cache down", "auth down"]
 
 
 async def test_replies_ready_together_are_written_together(
