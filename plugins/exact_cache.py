@@ -1,7 +1,8 @@
 """``exact-cache``: answers repeated requests from a cache instead of the LLM.
 
 Config keys (:class:`ExactCacheConfig`): ``store`` (``{type: memory, max_entries, max_bytes}``
-or ``{type: redis, url | host/port, username, password, db, tls, key_prefix, timeout_ms}``),
+or ``{type: redis, url | host/port, username, password, db, tls, tls_ca_file, tls_cert_file,
+tls_key_file, key_prefix, timeout_ms, max_connections}``),
 ``ttl_seconds`` (1800), ``key_strategy`` / Higress ``cacheKeyStrategy`` (``conversation``,
 ``lastQuestion``, ``allQuestions``, ``disabled``), ``key_from`` / ``cacheKeyFrom``, ``scope``
 (``consumer``: each authenticated consumer has its own entries; ``shared``: one scope),

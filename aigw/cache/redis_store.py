@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import redis.asyncio as redis
-from pydantic import Field
+from pydantic import Field, model_validator
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,8 +51,12 @@ class RedisStoreConfig(Settings):
 
     ``url`` (``redis://`` or ``rediss://`` for TLS; ``redis://user:pass@host:port/db``), or
     ``host``/``port``. ``username``/``password``: ACL user and password, password only, or
-    none. ``db``: database number. ``tls``: use TLS with ``host``/``port``. ``key_prefix``:
-    namespace for keys. ``timeout_ms``: deadline of each call. ``max_connections``: pool size.
+    none. ``db``: database number. ``tls``: use TLS with ``host``/``port``. ``tls_ca_file``:
+    PEM bundle of the CAs that may sign the server's certificate (default: the system's);
+    ``tls_cert_file`` + ``tls_key_file``: a client certificate, for servers that require one
+    (Redis's own default, ``tls-auth-clients yes``). The server's certificate and host name are
+    always verified. ``key_prefix``: namespace for keys. ``timeout_ms``: deadline of each call.
+    ``max_connections``: pool size.
     """
 
     type: Literal["redis"] = "redis"
@@ -63,8 +68,37 @@ class RedisStoreConfig(Settings):
     db: int | None = Field(None, ge=0)
     tls: bool = False
     key_prefix: str = "aigw:"
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     timeout_ms: float = Field(100.0, gt=0)
     max_connections: int = Field(64, ge=1)
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections are TLS (``rediss://``, or ``tls`` with ``host``/``port``)."""
+        return self.url.startswith("rediss://") if self.url else self.tls
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> RedisStoreConfig:
+        # Caught here, a TLS mistake is a start-up error naming the key; at run time it would
+        # only be a cache that always misses (the store fails open).
+        if self.url and self.tls and not self.uses_tls:
+            raise ValueError("tls: true with a redis:// url; use a rediss:// url instead")
+        files = {
+            "tls_ca_file": self.tls_ca_file,
+            "tls_cert_file": self.tls_cert_file,
+            "tls_key_file": self.tls_key_file,
+        }
+        given = {name: path for name, path in files.items() if path}
+        if given and not self.uses_tls:
+            raise ValueError(f"{', '.join(given)}: only with TLS (a rediss:// url, or tls: true)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        for name, path in given.items():
+            if not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+        return self
 
 
 class RedisStore:
@@ -86,6 +120,10 @@ class RedisStore:
         }
         if config.db is not None:
             common["db"] = config.db
+        if config.uses_tls:  # a plain connection would reject these arguments
+            common["ssl_ca_certs"] = config.tls_ca_file
+            common["ssl_certfile"] = config.tls_cert_file
+            common["ssl_keyfile"] = config.tls_key_file
         if config.url:
             self.client = redis.Redis.from_url(config.url, **common)
         else:
