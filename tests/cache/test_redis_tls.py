@@ -74,22 +74,23 @@ class TlsRedis(RedisServer):
         return f"rediss://127.0.0.1:{self.tls_port}/0"
 
 
-@pytest.fixture
-def tls_redis(tmp_path: Path, pki: Pki) -> Iterator[TlsRedis]:
-    """TLS without client certificates."""
-    server = TlsRedis(tmp_path, pki, client_certs=False)
+def serve(tmp_path: Path, pki: Pki, client_certs: bool) -> Iterator[TlsRedis]:
+    server = TlsRedis(tmp_path, pki, client_certs)
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, pki: Pki) -> Iterator[TlsRedis]:
+    """TLS without client certificates."""
+    yield from serve(tmp_path, pki, client_certs=False)
 
 
 @pytest.fixture
 def mtls_redis(tmp_path: Path, pki: Pki) -> Iterator[TlsRedis]:
     """TLS that requires a client certificate (Redis's own default)."""
-    server = TlsRedis(tmp_path, pki, client_certs=True)
-    server.start()
-    yield server
-    server.stop()
+    yield from serve(tmp_path, pki, client_certs=True)
 
 
 async def round_trip(**config: Any) -> str | None:
