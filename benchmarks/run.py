@@ -33,11 +33,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -52,6 +53,8 @@ from benchmarks.loadgen import (
     check_target,
     measure_ttfb,
 )
+
+_R = TypeVar("_R", CellResult, TtfbResult)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -544,41 +547,58 @@ def report_table(results: list[Target], concurrencies: list[int]) -> str:
     return "\n".join(lines)
 
 
-def ratios(results: list[Target], concurrencies: list[int]) -> dict[str, dict[str, float]]:
+def _paired(
+    target: Sequence[_R] | None, bare: Sequence[_R] | None, value: Callable[[_R, _R], float]
+) -> list[float]:
+    """``value(target_cell, bare_cell)`` for every round in which both were measured."""
+    return [value(t, b) for t, b in zip(target or [], bare or [], strict=False)]
+
+
+def ratios(results: list[Target], concurrencies: list[int]) -> dict[str, dict[str, Any]]:
     """Per target, against the bare proxy: req/s ratio at the top concurrency, added p50 ms at
-    the lowest, added stream TTFB p50 ms. Empty when the bare proxy was not measured."""
+    the lowest, added stream TTFB p50 ms. Empty when the bare proxy was not measured.
+
+    Each comparison is made within a round (target and bare measured minutes apart at most)
+    and the median over rounds is reported: on a VM whose speed drifts by tens of per cent
+    over minutes, a ratio of two medians taken over different stretches of time is noisier.
+    ``rps_ratio_rounds`` keeps the per-round ratios.
+    """
     by_name = {r.name: r for r in results if r.skipped is None}
     bare = by_name.get("bare")
     if bare is None:
         return {}
     low, top = min(concurrencies), max(concurrencies)
-    out: dict[str, dict[str, float]] = {}
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else math.nan
+
+    out: dict[str, dict[str, Any]] = {}
     for result in by_name.values():
         if result is bare:
             continue
-        values = {
-            "rps_ratio": math.nan,
-            "added_p50_ms": math.nan,
-            "added_ttfb_ms": math.nan,
-            "p50_ms": math.nan,
+        per_round = _paired(
+            result.rounds.get(top),
+            bare.rounds.get(top),
+            lambda t, b: t.rps / b.rps if b.rps > 0 else math.nan,
+        )
+        per_round = [r for r in per_round if not math.isnan(r)]
+        added_p50 = _paired(
+            result.rounds.get(low), bare.rounds.get(low), lambda t, b: t.p50_ms - b.p50_ms
+        )
+        added_ttfb = _paired(result.ttfb_rounds, bare.ttfb_rounds, lambda t, b: t.p50_ms - b.p50_ms)
+        cell = result.cell(low)
+        out[result.name] = {
+            "rps_ratio": median(per_round),
+            "rps_ratio_rounds": per_round,
+            "added_p50_ms": median(added_p50),
+            "added_ttfb_ms": median(added_ttfb),
+            "p50_ms": cell.p50_ms if cell is not None else math.nan,
         }
-        cell, bare_cell = result.cell(top), bare.cell(top)
-        if cell is not None and bare_cell is not None and bare_cell.rps > 0:
-            values["rps_ratio"] = cell.rps / bare_cell.rps
-        cell, bare_cell = result.cell(low), bare.cell(low)
-        if cell is not None:
-            values["p50_ms"] = cell.p50_ms
-        if cell is not None and bare_cell is not None:
-            values["added_p50_ms"] = cell.p50_ms - bare_cell.p50_ms
-        ttfb, bare_ttfb = result.ttfb(), bare.ttfb()
-        if ttfb is not None and bare_ttfb is not None:
-            values["added_ttfb_ms"] = ttfb.p50_ms - bare_ttfb.p50_ms
-        out[result.name] = values
     return out
 
 
 def checks(
-    vs_bare: dict[str, dict[str, float]], concurrencies: list[int], measured: set[str]
+    vs_bare: dict[str, dict[str, Any]], concurrencies: list[int], measured: set[str]
 ) -> list[Check]:
     """aigw's targets: the shipped pipeline (all misses) and the exact-cache hit scenarios."""
     low, top = min(concurrencies), max(concurrencies)
@@ -657,7 +677,7 @@ def checks(
 def print_report(
     meta: dict[str, object],
     results: list[Target],
-    vs_bare: dict[str, dict[str, float]],
+    vs_bare: dict[str, dict[str, Any]],
     verdicts: list[Check],
     concurrencies: list[int],
 ) -> None:
@@ -690,13 +710,17 @@ def print_report(
         width = max(len(name) for name in vs_bare) + 2
         print(
             f"{'vs bare':<{width}}{'req/s ratio c=' + str(top):>18}"
-            f"{'+p50 ms c=' + str(low):>14}{'+ttfb ms':>10}"
+            f"{'+p50 ms c=' + str(low):>14}{'+ttfb ms':>10}   req/s ratio per round"
         )
         for name, values in vs_bare.items():
+            rounds = " ".join(f"{r:.2f}" for r in values["rps_ratio_rounds"])
             print(
                 f"{name:<{width}}{_fmt(values['rps_ratio'], 2):>18}"
                 f"{_fmt(values['added_p50_ms'], 3):>14}{_fmt(values['added_ttfb_ms'], 3):>10}"
+                f"   {rounds}"
             )
+        if any(len(v["rps_ratio_rounds"]) > 1 for v in vs_bare.values()):
+            print("(each comparison is made within a round; the median over rounds is shown)")
     elif not any(r.name == "bare" and r.skipped is None for r in results):
         print("vs bare: not available (bare proxy not measured)")
     print()
