@@ -18,7 +18,8 @@ class Gateway:
     """What plugins get in ``startup(gateway)`` and ``register_routes``.
 
     ``session`` is the one pooled :class:`aiohttp.ClientSession` of the process (created when
-    the app starts; never create one per request). :meth:`spawn` runs work after the reply
+    the app starts; never create one per request). It keeps no cookies: it is shared by every
+    client. :meth:`spawn` runs work after the reply
     (cache write-back) with a strong reference, so it is not garbage-collected mid-flight and
     shutdown can wait for it.
     """
@@ -44,6 +45,10 @@ class Gateway:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
+            # The session serves every client: a cookie one upstream answer set must not ride
+            # along with the next request, whoever sends it. (It also spares a jar lookup per
+            # request and per answer.)
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self._session
 

@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
-from tests.fakes import FakeLLM
+from tests.fakes import Behaviour, FakeLLM
 
 MSG = [{"role": "user", "content": "hello there world"}]
+CHAT = {"model": "gpt-4o", "messages": MSG}
 
 
 async def test_chat_non_stream(gateway: Gateway, upstream: Upstream) -> None:
@@ -115,6 +116,23 @@ async def test_headers_not_forwarded(gateway: Gateway, upstream: Upstream) -> No
     for name in ("x-hop", "keep-alive", "x-higress-skip-ai-cache", "cache-control"):
         assert name not in got, name
     assert "sk-gateway-credential" not in str(got)
+
+
+async def test_upstream_cookies_are_not_kept(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # A provider's Set-Cookie (OpenAI's Cloudflare sets __cf_bm) must not be stored in the
+    # shared session and sent with the next request, which may come from another client.
+    # By name, not by IP: aiohttp's cookie jar ignores cookies from IP addresses anyway.
+    base_url = upstream.base_url.replace("127.0.0.1", "localhost")
+    gw = await make_gateway({"90-provider-proxy.yaml": provider_file(upstream, base_url=base_url)})
+    upstream.llm.script(Behaviour(headers={"Set-Cookie": "__cf_bm=client-a; Path=/"}))
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=CHAT) as resp:
+        assert resp.status == 200
+        assert "Set-Cookie" not in resp.headers  # nor is it the client's business
+    await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert upstream.llm.chat_calls == 2
+    assert "cookie" not in upstream.llm.last_call.headers
 
 
 async def test_upstream_client_error_passes_through(gateway: Gateway, upstream: Upstream) -> None:
