@@ -75,14 +75,15 @@ MAX_HIT_P50_MS = 1.0
 # suspect. A quiet machine shows about 0.05 (kernel work charged to no process).
 MAX_BACKGROUND_CORES = 0.2
 
-# conf.d fragments. `${port}` and `${upstream}` (scheme://host:port of the mock upstream) are
-# substituted when a scenario's files are written; nothing else in them may contain `$`.
+# conf.d fragments. `${port}`, `${upstream}` (scheme://host:port of the mock upstream) and
+# `${redis}` (the URL of the benchmark's own redis-server) are substituted when a scenario's
+# files are written; nothing else in them may contain `$`.
 GATEWAY_YAML = "gateway:\n  host: 127.0.0.1\n  port: ${port}\n"
 SKIP_HEADER_YAML = "plugin: skip-header\n"
 EXACT_MEMORY_YAML = "plugin: exact-cache\nconfig:\n  store: {type: memory}\n"
 EXACT_REDIS_YAML = (
     "plugin: exact-cache\nconfig:\n  ttl_seconds: 120\n"
-    "  store: {type: redis, url: 'redis://127.0.0.1:6379/0', key_prefix: 'aigw-bench:'}\n"
+    "  store: {type: redis, url: '${redis}', key_prefix: 'aigw-bench:'}\n"
 )
 PROVIDER_YAML = """\
 plugin: provider-proxy
@@ -110,8 +111,8 @@ class Scenario:
     conf: Mapping[str, str]
     unique_prompts: bool = True
     default: bool = True
-    # Names of processes this scenario relies on that the benchmark does not start (a local
-    # Redis): their CPU counts as the benchmark's, not as background load.
+    # Names of the servers this scenario relies on: their CPU counts as the benchmark's, not as
+    # background load. For "redis-server" the benchmark starts one of its own.
     services: tuple[str, ...] = ()
 
 
@@ -368,12 +369,14 @@ def aigw_command(override: str | None) -> list[str] | None:
     return None
 
 
-def write_conf(scenario: Scenario, workdir: Path, port: int, upstream: str) -> Path:
+def write_conf(
+    scenario: Scenario, workdir: Path, port: int, upstream: str, redis: str | None
+) -> Path:
     """Write the scenario's conf.d files and return the directory."""
     conf_dir = workdir / scenario.name / "conf.d"
     conf_dir.mkdir(parents=True)
     for file_name, text in scenario.conf.items():
-        content = Template(text).substitute(port=port, upstream=upstream)
+        content = Template(text).substitute(port=port, upstream=upstream, redis=redis or "")
         (conf_dir / file_name).write_text(content)
     return conf_dir
 
@@ -383,9 +386,36 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def start_redis(workdir: Path, stack: ExitStack) -> str | None:
+    """A redis-server of the benchmark's own: a free port, no persistence, on this process's
+    CPUs (with the generator and the upstream), so the Redis target neither depends on nor
+    disturbs a Redis someone else uses. Its URL, or None (the reason is printed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        progress("redis-server is not installed (apt-get install redis-server)")
+        return None
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    server = Server("redis", [*command, "--dir", str(workdir)], port, workdir, None)
+    stack.callback(server.stop)
+    deadline = time.monotonic() + HELPER_HEALTH_TIMEOUT_S
+    while time.monotonic() < deadline and server.process.poll() is None:
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return f"redis://{HOST}:{port}/0"
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.05)
+    progress(f"redis-server did not start:\n{server.log_tail()}")
+    return None
+
+
 def start_target(
     target: Target,
     upstream: Server,
+    redis: str | None,
     args: argparse.Namespace,
     workdir: Path,
     stack: ExitStack,
@@ -419,7 +449,11 @@ def start_target(
                 target.skipped = "aigw not found (no aigw script, no importable aigw package)"
                 progress(f"skipped {target.name}: {target.skipped}")
                 return
-            conf_dir = write_conf(scenario, workdir, port, upstream.url)
+            if "redis-server" in scenario.services and redis is None:
+                target.skipped = "no redis-server"
+                progress(f"skipped {target.name}: {target.skipped}")
+                return
+            conf_dir = write_conf(scenario, workdir, port, upstream.url, redis)
             command = [
                 *base,
                 "-c",
@@ -899,9 +933,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             progress(f"upstream {problem}:\n{upstream.log_tail()}")
             return 1
+        needs_redis = any(t.scenario and "redis-server" in t.scenario.services for t in targets)
+        redis = start_redis(workdir, stack) if needs_redis else None
         # Every target runs for the whole measurement; an idle aiohttp server costs nothing.
         for target in targets:
-            start_target(target, upstream, args, workdir, stack, runner)
+            start_target(target, upstream, redis, args, workdir, stack, runner)
         live = [(t, t.server) for t in targets if t.server is not None]
         per_target = len(args.concurrency) * (args.warmup + args.duration)
         per_target += min(args.warmup, 1.0) + args.ttfb_duration
