@@ -70,6 +70,9 @@ class ProviderProxyPlugin:
         for p in self.config.providers:
             state = "" if p.name in in_use else "  (disabled)" if not p.enabled else "  (shadowed)"
             where = "" if p.type == "mock" else f" {p.url}"
+            backend = self.backends.get(p.name)
+            if isinstance(backend, Upstream) and backend.proxy:
+                where += f" via proxy {backend.proxy}"
             models = ", ".join(f"{k}→{v}" if v else k for k, v in p.models.items())
             lines.append(f"{p.name} [{p.type}{where}] serves: {models}{state}")
         return lines

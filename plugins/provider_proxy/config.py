@@ -41,7 +41,9 @@ class ProviderConfig(Settings):
     pattern → upstream model name (``null`` keeps the requested name). ``enabled``: false (or
     empty, as from ``${KEY:+true}``) leaves the provider out. ``fallbacks``: providers to try,
     in order, when this one keeps failing before the first byte. ``max_retries`` on connect
-    errors, 429 and 5xx, with exponential backoff from ``retry_backoff_s``.
+    errors, 429 and 5xx, with exponential backoff from ``retry_backoff_s``. ``proxy``: the
+    ``http://[user:password@]host:port`` proxy its requests go through; unset, the environment's
+    ``HTTPS_PROXY``/``HTTP_PROXY`` (and ``NO_PROXY``) decide; empty, none (see ``egress.py``).
     """
 
     name: str = Field(min_length=1)
@@ -58,6 +60,7 @@ class ProviderConfig(Settings):
     read_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: float = Field(0.2, ge=0)
+    proxy: str | None = None
     mock: MockSettings = Field(default_factory=MockSettings)
 
     @field_validator("enabled", mode="before")

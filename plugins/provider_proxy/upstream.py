@@ -1,4 +1,5 @@
-"""Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts.
+"""Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts,
+and the egress proxy (:mod:`.egress`).
 
 Retries happen only here, before anything reached the client: on connection errors and
 connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds), on 5xx, and
@@ -19,6 +20,7 @@ from aigw.context import Api
 from aigw.errors import UpstreamError, UpstreamTimeout
 
 from .config import ProviderConfig
+from .egress import egress_proxy
 
 log = logging.getLogger("aigw.provider_proxy")
 
@@ -46,6 +48,17 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
         )
+        #: The HTTP proxy requests leave through (its credentials are in headers, not here).
+        self.proxy, proxy_auth = egress_proxy(cfg.proxy, cfg.url)
+        self._proxy_headers: dict[str, str] | None = None
+        if proxy_auth is not None:
+            # aiohttp sends proxy_headers only on the CONNECT of an https upstream; a plain
+            # http request goes to the proxy as it is, so the credentials ride with it.
+            if cfg.url.startswith("https:"):
+                self._proxy_headers = {"Proxy-Authorization": proxy_auth}
+            else:
+                for key_headers in self._headers:
+                    key_headers["Proxy-Authorization"] = proxy_auth
 
     def url(self, api: Api, model: str) -> str:
         """The endpoint for ``api`` (Azure puts the deployment in the path)."""
@@ -86,7 +99,14 @@ class Upstream:
             last = attempt == attempts - 1
             headers.update(self._headers[(first + attempt) % len(self._headers)])
             try:
-                resp = await session.post(url, data=body, headers=headers, timeout=self._timeout)
+                resp = await session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    proxy=self.proxy,
+                    proxy_headers=self._proxy_headers,
+                )
             except aiohttp.ServerTimeoutError as err:
                 if isinstance(err, aiohttp.ConnectionTimeoutError) and not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")

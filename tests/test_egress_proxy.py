@@ -1,0 +1,136 @@
+"""Providers reached through an HTTP egress proxy: their own ``proxy``, or the environment's.
+
+The proxy here is a real forward proxy on 127.0.0.1: it takes absolute-form requests
+(``POST http://host:port/path``), records them and relays them, streaming, to their target.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aigw_plugins.provider_proxy.config import ProviderConfig
+from aigw_plugins.provider_proxy.upstream import Upstream as ProviderUpstream
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "via the proxy"}]}
+
+
+@dataclass
+class ForwardProxy:
+    """What the proxy relayed: (absolute URL, Proxy-Authorization header or None)."""
+
+    server: TestServer
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def url(self, credentials: str = "") -> str:
+        return f"http://{credentials}{self.server.host}:{self.server.port}"
+
+
+@pytest.fixture
+async def forward_proxy(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> ForwardProxy:
+    session = aiohttp.ClientSession(auto_decompress=False)
+    proxy: ForwardProxy
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        proxy.seen.append((str(request.url), request.headers.get("Proxy-Authorization")))
+        headers = {k: v for k, v in request.headers.items() if not k.lower().startswith("proxy-")}
+        async with session.request(
+            request.method, request.url, headers=headers, data=await request.read()
+        ) as upstream:
+            resp = web.StreamResponse(status=upstream.status)
+            resp.content_type = upstream.content_type
+            await resp.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", relay)
+    app.on_cleanup.append(lambda _: session.close())
+    proxy = ForwardProxy(await aiohttp_server(app))
+    return proxy
+
+
+async def chat(gw: Gateway, **extra: Any) -> dict[str, Any]:
+    """A chat completion through raw aiohttp (the openai client would obey HTTP_PROXY too)."""
+    async with gw.http.post(gw.url("/v1/chat/completions"), json={**CHAT, **extra}) as resp:
+        assert resp.status == 200, await resp.text()
+        if extra.get("stream"):
+            return {"sse": (await resp.read()).decode()}
+        result: dict[str, Any] = await resp.json()
+        return result
+
+
+async def test_provider_proxy_with_credentials(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    forward_proxy: ForwardProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw")
+    provider = provider_file(upstream, proxy=forward_proxy.url("egress:s3cret@"))
+    gw = await make_gateway({"90-provider-proxy.yaml": provider})
+    answer = await chat(gw)
+    assert "via the proxy" in answer["choices"][0]["message"]["content"]
+    streamed = await chat(gw, stream=True)
+    assert streamed["sse"].rstrip().endswith("data: [DONE]")
+
+    expected_auth = "Basic " + base64.b64encode(b"egress:s3cret").decode()
+    target = f"{upstream.base_url}/chat/completions"
+    assert forward_proxy.seen == [(target, expected_auth), (target, expected_auth)]
+    assert upstream.llm.chat_calls == 2
+    started = caplog.text
+    assert f"via proxy {forward_proxy.url()}" in started and "s3cret" not in started
+
+
+async def test_environment_proxy_and_no_proxy(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    forward_proxy: ForwardProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", forward_proxy.url())
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    via_env = await make_gateway({"90-provider-proxy.yaml": provider_file(upstream)}, "env")
+    await chat(via_env)
+    assert len(forward_proxy.seen) == 1
+
+    # An empty `proxy` means none, whatever the environment says.
+    direct = await make_gateway({"90-provider-proxy.yaml": provider_file(upstream, proxy="")}, "d")
+    await chat(direct)
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    exempt = await make_gateway({"90-provider-proxy.yaml": provider_file(upstream)}, "no-proxy")
+    await chat(exempt)
+    assert len(forward_proxy.seen) == 1 and upstream.llm.chat_calls == 3
+
+
+@pytest.mark.parametrize("proxy", ["https://proxy.example:3128", "socks5://proxy.example:1080"])
+async def test_only_http_proxies(
+    make_gateway: GatewayFactory, upstream: Upstream, proxy: str
+) -> None:
+    with pytest.raises(Exception, match="is not an http:// proxy URL"):
+        await make_gateway({"90-provider-proxy.yaml": provider_file(upstream, proxy=proxy)})
+
+
+def test_proxy_credentials_never_enter_an_https_tunnel() -> None:
+    proxy = "http://egress:s3cret@proxy.example:3128"
+    auth = "Basic " + base64.b64encode(b"egress:s3cret").decode()
+    tls = ProviderUpstream(ProviderConfig(name="t", base_url="https://api.example/v1", proxy=proxy))
+    # Only on the CONNECT to the proxy; the request inside the tunnel goes to the provider.
+    assert tls.proxy == "http://proxy.example:3128"
+    assert tls._proxy_headers == {"Proxy-Authorization": auth}
+    assert all("Proxy-Authorization" not in h for h in tls._headers)
+    plain = ProviderUpstream(ProviderConfig(name="p", base_url="http://vllm.lan/v1", proxy=proxy))
+    assert plain._proxy_headers is None  # a plain request is sent to the proxy itself
+    assert all(h["Proxy-Authorization"] == auth for h in plain._headers)
