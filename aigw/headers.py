@@ -59,6 +59,7 @@ NOT_DOWNSTREAM: Final = HOP_BY_HOP | {
     "via",
     "age",
     "openai-organization",
+    "openai-project",
     "x-request-id",  # the gateway's own id goes to the client; the upstream's is renamed
     "content-length",
     "content-encoding",

@@ -256,9 +256,10 @@ class ExactCachePlugin:
     async def on_log(self, ctx: RequestContext) -> None:
         state: _State | None = ctx.scratch.get(NAME)
         if state is not None and state.leading and not state.writing:
-            # No record to share. A failure (no answer, 5xx, 429): one follower retries. A
-            # complete answer that may not be stored: the followers all go upstream now.
-            failed = ctx.status == 0 or ctx.status >= 500 or ctx.status in (429, 499)
+            # No record to share. A failure (no answer, 5xx, 429, or a reply that never
+            # reached its end: a stream that broke, a client that left): one follower retries.
+            # A complete answer that may not be stored: the followers all go upstream now.
+            failed = not ctx.complete or ctx.status >= 500 or ctx.status == 429
             self.flights.land(state.key, None if failed else PROCEED)
         if ctx.cache_status == "miss":
             self.stats["miss"] += 1

@@ -4,6 +4,7 @@ stores (memory, and a real redis-server)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import aiohttp
@@ -334,6 +335,74 @@ async def test_leader_failure_lets_a_waiter_retry(
     errors = [r for r in results if isinstance(r, openai.InternalServerError)]
     answers = sorted(r[0] for r in results if isinstance(r, tuple))
     assert len(errors) == 1 and answers == ["hit", "miss"]
+    assert upstream.llm.chat_calls == 2
+
+
+class LogCount(logging.Handler):
+    """Sets ``reached`` once ``n`` records containing ``phrase`` were logged (so a test can
+    wait for requests to reach a point the cache logs, without sleeping)."""
+
+    def __init__(self, phrase: str, n: int) -> None:
+        super().__init__(logging.INFO)
+        self.phrase, self.left, self.reached = phrase, n, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.phrase in record.getMessage():
+            self.left -= 1
+            if self.left <= 0:
+                self.reached.set()
+
+
+@pytest.fixture
+def misses(caplog: pytest.LogCaptureFixture) -> Any:
+    """``misses(n)``: a LogCount of the cache's "cache miss for key" lines."""
+    caplog.set_level(logging.INFO, logger="aigw.exact_cache")
+    handlers: list[LogCount] = []
+
+    def count(n: int) -> LogCount:
+        handler = LogCount("cache miss for key", n)
+        logging.getLogger("aigw.exact_cache").addHandler(handler)
+        handlers.append(handler)
+        return handler
+
+    yield count
+    for handler in handlers:
+        logging.getLogger("aigw.exact_cache").removeHandler(handler)
+
+
+async def test_leader_stream_breaking_lets_one_waiter_retry(
+    make_gateway: GatewayFactory, upstream: Upstream, misses: Any
+) -> None:
+    # The broken stream had status 200 when it broke: it is still a failed flight, so one
+    # waiter retries and the others are served its answer, not all going upstream at once.
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    upstream.llm.drop_stream(after_chunks=2)
+    upstream.llm.hold()
+    arrived = misses(6)
+    tasks = [asyncio.create_task(ask_stream(gw)) for _ in range(6)]
+    await asyncio.wait_for(arrived.reached.wait(), 5)  # the leader and five waiters
+    upstream.llm.release()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    answered = sorted(r[0] for r in results if isinstance(r, tuple))
+    assert len([r for r in results if isinstance(r, Exception)]) == 1  # the broken stream
+    assert answered == ["hit", "hit", "hit", "hit", "miss"]
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_leader_client_leaving_mid_stream_lets_one_waiter_retry(
+    make_gateway: GatewayFactory, upstream: Upstream, misses: Any
+) -> None:
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    upstream.llm.answer("one two three four five six", chunk_delay_s=0.5)
+    body = {"model": "gpt-4o", "messages": MSG, "stream": True}
+    leader = await gw.http.post(gw.url(CHAT), json=body)
+    await leader.content.readline()  # the leader's answer is streaming
+    arrived = misses(5)
+    followers = [asyncio.create_task(ask_stream(gw)) for _ in range(5)]
+    await asyncio.wait_for(arrived.reached.wait(), 5)
+    leader.close()  # its client hangs up mid-stream
+    results = await asyncio.gather(*followers)
+    assert sorted(status for status, _, _ in results) == ["hit", "hit", "hit", "hit", "miss"]
     assert upstream.llm.chat_calls == 2
 
 

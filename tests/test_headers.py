@@ -46,6 +46,8 @@ def test_downstream_keeps_rate_limits_and_renames_the_upstream_id() -> None:
                 ("X-Request-Id", "up-1"),
                 ("x-ratelimit-remaining-requests", "99"),
                 ("Strict-Transport-Security", "max-age=1"),
+                ("OpenAI-Organization", "org-operator"),  # the operator's account
+                ("OpenAI-Project", "proj_operator"),
             )
         )
         assert got == {"x-ratelimit-remaining-requests": "99", "x-upstream-request-id": "up-1"}

@@ -22,6 +22,9 @@ from multidict import CIMultiDict
 
 from aigw.app import create_app
 from aigw.config import load_config
+from aigw.context import Reply, RequestContext
+from aigw.pipeline import ResponseChains
+from aigw.respond import send
 from tests.conftest import GatewayFactory, write_conf
 
 RECORDER = """
@@ -322,6 +325,34 @@ async def test_hook_check_ready(make_gateway: GatewayFactory, recorder: ModuleTy
     async with both.http.get(both.url("/readyz")) as resp:
         assert resp.status == 503
         assert (await resp.json())["problems"] == ["cache down", "auth down"]
+
+
+async def test_a_stream_cancelled_before_it_starts_is_closed() -> None:
+    # The client leaves (aiohttp cancels the handler) while send() waits before writing: the
+    # reply's stream, which holds the upstream request, is closed at once.
+    closed = asyncio.Event()
+
+    class Stream:  # what the provider's Relay looks like to send()
+        def __aiter__(self) -> Stream:
+            return self
+
+        async def __anext__(self) -> bytes:
+            return b"data: {}\n\n"
+
+        async def aclose(self) -> None:
+            closed.set()
+
+    class NoPlugins:
+        def chains(self, ctx: RequestContext) -> ResponseChains:
+            return ResponseChains([], [], [])
+
+    ctx = RequestContext(request=None, request_id="r1", api="chat.completions")
+    task = asyncio.create_task(send(ctx, Reply(stream=Stream()), NoPlugins()))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # one step: the task now waits in send(), before writing
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed.is_set()
 
 
 async def test_replies_ready_together_are_written_together(
