@@ -7,29 +7,42 @@ reasoning content, refusal, finish reason, usage), which is what the caches stor
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+
+_HEAD: Final = ("id", "created", "model", "system_fingerprint")
 
 
 class StreamAssembler:
     """Accumulates OpenAI chat chunks into one ``chat.completion`` object."""
 
-    __slots__ = ("_choices", "_head", "usage")
+    __slots__ = ("_choices", "_head", "_open", "usage")
 
     def __init__(self) -> None:
         self._head: dict[str, Any] = {}
+        self._open = True  # some field of the head is still unset or empty
         self._choices: dict[int, dict[str, Any]] = {}
         self.usage: dict[str, Any] | None = None
 
     def feed(self, chunk: dict[str, Any]) -> None:
         """Add one parsed chunk."""
-        if not self._head:
-            for key in ("id", "created", "model", "system_fingerprint"):
-                if key in chunk:
-                    self._head[key] = chunk[key]
+        if self._open:
+            self._fill_head(chunk)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
             self._add_choice(choice)
+
+    def _fill_head(self, chunk: dict[str, Any]) -> None:
+        # Each field from the first chunk where it is set: Azure opens with a
+        # prompt_filter_results chunk whose id and model are "" and created is 0. A field no
+        # chunk sets keeps its first value, empty or not.
+        head = self._head
+        for key in _HEAD:
+            if not head.get(key) and key in chunk:
+                value = chunk[key]
+                if value or key not in head:
+                    head[key] = value
+        self._open = not all(head.get(key) for key in _HEAD)
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
         index = choice.get("index", 0)

@@ -15,6 +15,8 @@ from aiohttp import web
 from aigw.context import Api, RequestContext
 from aigw.errors import BadRequest, GatewayError, PayloadTooLarge
 
+_MAX_DEPTH = 253  # orjson.dumps refuses 254 levels and more
+
 _REQUIRED: dict[Api, str] = {
     "chat.completions": "messages",
     "completions": "prompt",
@@ -48,6 +50,17 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
         ) from None
     if not isinstance(payload, dict):
         raise BadRequest("The request body must be a JSON object", code="invalid_json")
+    # orjson reads JSON nested up to 1024 levels but writes only up to 254, and the gateway
+    # writes requests (cache keys, upstream bodies): refuse what it could not write. Only a
+    # body with that many brackets can be that deep, so the common case is two byte scans.
+    if body.count(b"[") + body.count(b"{") > _MAX_DEPTH:
+        try:
+            orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            raise BadRequest(
+                f"The request body is nested more than {_MAX_DEPTH} levels deep",
+                code="invalid_json",
+            ) from None
     ctx.body, ctx.payload = body, payload
     validate(ctx.api, payload)
     ctx.model = payload["model"]

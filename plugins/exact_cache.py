@@ -229,7 +229,11 @@ class ExactCachePlugin:
         if why_not is not None or ctx.completion is None:
             log.debug("not caching key %s: %s", ctx.cache_key, why_not)
             return
-        record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
+        try:
+            record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
+        except InvalidRecord as err:
+            log.debug("not caching key %s: %s", ctx.cache_key, err)
+            return
         state.writing = True
         if self.store.local:
             await self._store(record, state.leading)  # no I/O: cheaper than a task

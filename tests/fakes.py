@@ -70,7 +70,7 @@ class Behaviour:
     headers: Mapping[str, str] | None = None
     delay_s: float = 0.0
     drop_after_chunks: int | None = None
-    content: str | None = None
+    content: str | list[Json] | None = None
     finish_reason: str | None = None
     tool_calls: Sequence[Json] | None = None
     reasoning_content: str | None = None
@@ -184,7 +184,7 @@ class FakeLLM:
 
     def answer(
         self,
-        content: str | None = None,
+        content: str | list[Json] | None = None,
         finish_reason: str | None = None,
         tool_calls: Sequence[Json] | None = None,
         reasoning_content: str | None = None,
@@ -384,7 +384,8 @@ class FakeLLM:
             users = [p for m, p in zip(messages, prompts, strict=True) if m.get("role") == "user"]
             echo = f"echo[{model}]: {users[-1] if users else ''}"
             content = beh.content if beh.content is not None or tool_calls else echo
-            outs = [content or ""]
+            # Some OpenAI-compatible servers answer with a list of content parts.
+            outs = [_text_of(content) if isinstance(content, list) else content or ""]
         else:
             prompt = body.get("prompt", "")
             prompts = [prompt] if isinstance(prompt, str) else [str(p) for p in prompt]
@@ -429,6 +430,13 @@ class FakeLLM:
                 _sse({**base, "choices": [choice]} | ({"usage": None} if include_usage else {}))
             )
 
+        # Azure OpenAI opens a chat stream with its prompt filter results, id and model unset.
+        azure = chat and request.path.startswith("/openai/deployments/")
+        if azure:
+            filters = {"hate": {"filtered": False, "severity": "safe"}}
+            results = [{"prompt_index": 0, "content_filter_results": filters}]
+            head = {"choices": [], "created": 0, "id": "", "model": "", "object": ""}
+            events.append(_sse({**head, "prompt_filter_results": results}))
         if chat:
             emit(
                 {
@@ -457,7 +465,8 @@ class FakeLLM:
         if include_usage:
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(_sse("[DONE]"))
-        return await self._stream(request, call, beh, events, first_content=1 if chat else 0)
+        first_content = (2 if azure else 1) if chat else 0
+        return await self._stream(request, call, beh, events, first_content)
 
     async def _stalled(
         self, request: web.Request, body: bytes, seconds: float

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
 
 CHAT = "/v1/chat/completions"
+DEEP = b"[" * 300 + b"]" * 300
 
 
 async def expect_error(resp: Any, status: int, param: str | None = None) -> dict[str, Any]:
@@ -45,6 +46,8 @@ async def expect_error(resp: Any, status: int, param: str | None = None) -> dict
             b'{"model": "gpt-4o", "messages": [{"role": "user"}], "stream_options": 5}',
             "stream_options",
         ),
+        # Valid JSON, but deeper than the gateway can write back (cache key, upstream body).
+        (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "x": ' + DEEP + b"}", None),
     ],
 )
 async def test_bad_chat_body_is_400(

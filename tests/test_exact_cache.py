@@ -15,7 +15,7 @@ import redis.asyncio as redis
 from multidict import CIMultiDict
 
 from aigw.app import GATEWAY, PLUGINS
-from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
+from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 
@@ -197,6 +197,22 @@ async def test_truncated_or_filtered_answers_not_stored(
     status, completion = await ask(gw)
     assert status == "miss" and completion.choices[0].finish_reason == "stop"
     assert upstream.llm.chat_calls == 2
+
+
+async def test_answer_a_replay_could_not_render_is_not_stored(
+    gw: Gateway, upstream: Upstream
+) -> None:
+    # Content as a list of parts (some OpenAI-compatible servers): a streamed replay of it
+    # would be an empty answer, and Redis would refuse the record on every read.
+    parts = [{"type": "text", "text": "Paris."}]
+    upstream.llm.answer(parts)
+    async with gw.http.post(gw.url(CHAT), json={"model": "gpt-4o", "messages": MSG}) as resp:
+        assert (
+            resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == parts
+        )
+    await settle(gw)
+    status, _, _ = await ask_stream(gw)
+    assert status == "miss" and upstream.llm.chat_calls == 2
 
 
 async def test_errors_not_stored(gw: Gateway, upstream: Upstream) -> None:
@@ -404,6 +420,35 @@ async def test_leader_client_leaving_mid_stream_lets_one_waiter_retry(
     results = await asyncio.gather(*followers)
     assert sorted(status for status, _, _ in results) == ["hit", "hit", "hit", "hit", "miss"]
     assert upstream.llm.chat_calls == 2
+
+
+async def test_azure_stream_is_replayed_with_its_model_and_time(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # Azure's streams open with a prompt-filter chunk whose id and model are empty and whose
+    # created is 0; the record takes them from the first chunk that has them.
+    azure = {"name": "az", "type": "azure", "base_url": upstream.root_url, "max_retries": 0}
+    azure |= {"api_keys": [UPSTREAM_KEY], "models": {"gpt-4o": "my-deployment"}}
+    gw = await make_gateway(
+        {
+            "30-exact-cache.yaml": {"plugin": "exact-cache"},
+            "90-provider-proxy.yaml": {
+                "plugin": "provider-proxy",
+                "config": {"providers": [azure]},
+            },
+        }
+    )
+    status, text, live = await ask_stream(gw)
+    assert status == "miss" and text == "echo[my-deployment]: What is the capital of France?"
+    assert live[0].model == "" and live[0].choices == []  # Azure's first chunk, relayed
+    await settle(gw)
+    status, hit = await ask(gw)
+    assert status == "hit" and hit.model == "my-deployment"
+    assert (
+        hit.created == live[-1].created > 0
+        and hit.system_fingerprint == live[-1].system_fingerprint
+    )
+    assert upstream.llm.chat_calls == 1
 
 
 async def test_two_gateway_instances_share_redis(

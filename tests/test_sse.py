@@ -247,6 +247,23 @@ def test_content_pieces_joined_and_head_copied() -> None:
     assert "usage" not in out
 
 
+def test_head_from_the_first_chunk_that_has_it() -> None:
+    # Azure OpenAI opens a stream with its prompt filter results: no id, model or time yet.
+    azure_first = {
+        "id": "",
+        "object": "",
+        "created": 0,
+        "model": "",
+        "choices": [],
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
+    no_fingerprint = {k: v for k, v in chunk({"role": "assistant"}).items()}
+    del no_fingerprint["system_fingerprint"]
+    out = assemble([azure_first, no_fingerprint, chunk({"content": "ok"}, "stop")]).result()
+    for key in ("id", "created", "model", "system_fingerprint"):
+        assert out[key] == HEAD[key]
+
+
 def test_role_only_first_chunk() -> None:
     asm = assemble([chunk({"role": "assistant"})])
     assert not asm.finished

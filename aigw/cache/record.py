@@ -76,8 +76,12 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_record(completion: dict[str, Any], key: str, scope: str, ttl: int) -> CacheRecord:
-    """A record of ``completion`` stored now."""
-    return CacheRecord(normalise(completion), time.time(), ttl, key, scope)
+    """A record of ``completion`` stored now; raises :class:`InvalidRecord` when a replay
+    could not render it (content that is not text, say), so it is never stored: the memory
+    store would replay it wrong and Redis would refuse it on every read."""
+    response = normalise(completion)
+    _check_choices(response["choices"])
+    return CacheRecord(response, time.time(), ttl, key, scope)
 
 
 def encode(record: CacheRecord) -> bytes:
@@ -96,6 +100,13 @@ def encode(record: CacheRecord) -> bytes:
 
 class InvalidRecord(ValueError):
     """A stored value that is not a record this version can replay."""
+
+
+def _check_choices(choices: Any) -> None:
+    if not isinstance(choices, list) or not choices:
+        raise InvalidRecord("record without choices")
+    for choice in choices:
+        _check_choice(choice)
 
 
 def _check_choice(choice: Any) -> None:
@@ -123,11 +134,7 @@ def decode(raw: bytes) -> CacheRecord:
         if obj["v"] != RECORD_VERSION:
             raise InvalidRecord(f"record version {obj['v']!r}")
         response = obj["response"]
-        choices = response["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise InvalidRecord("record without choices")
-        for choice in choices:
-            _check_choice(choice)
+        _check_choices(response["choices"])
         return CacheRecord(
             response, float(obj["stored_at"]), int(obj["ttl"]), str(obj["key"]), str(obj["scope"])
         )

@@ -56,7 +56,8 @@ class RedisStoreConfig(Settings):
     ``tls_cert_file`` + ``tls_key_file``: a client certificate, for servers that require one
     (Redis's own default, ``tls-auth-clients yes``). The server's certificate and host name are
     always verified. ``key_prefix``: namespace for keys. ``timeout_ms``: deadline of each call.
-    ``max_connections``: pool size.
+    ``max_connections``: pool size; with every connection busy, a call waits for one
+    (within ``timeout_ms``).
     """
 
     type: Literal["redis"] = "redis"
@@ -124,10 +125,19 @@ class RedisStore:
             common["ssl_ca_certs"] = config.tls_ca_file
             common["ssl_certfile"] = config.tls_cert_file
             common["ssl_keyfile"] = config.tls_key_file
+        # A blocking pool: with every connection busy, a command waits for one (within its
+        # deadline) instead of failing at once with "Too many connections", which under a
+        # burst turned lookups into misses and dropped write-backs.
+        common["timeout"] = self.timeout
+        pool: redis.BlockingConnectionPool
         if config.url:
-            self.client = redis.Redis.from_url(config.url, **common)
+            pool = redis.BlockingConnectionPool.from_url(config.url, **common)
         else:
-            self.client = redis.Redis(host=config.host, port=config.port, ssl=config.tls, **common)
+            connection_class = redis.SSLConnection if config.tls else redis.Connection
+            pool = redis.BlockingConnectionPool(
+                host=config.host, port=config.port, connection_class=connection_class, **common
+            )
+        self.client = redis.Redis(connection_pool=pool)
         self._batch: _Batch | None = None  # keys with their prefix
         self._inflight: set[asyncio.Task[None]] = set()
         # Parsed records of recently read values, oldest first (see _decode).
@@ -224,7 +234,7 @@ class RedisStore:
         self._send_batch()  # lookups waiting for the next loop turn go now, on the open client
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self.client.aclose()
+        await self.client.aclose(close_connection_pool=True)
 
 
 def _fail(batch: _Batch, message: str) -> None:

@@ -220,3 +220,21 @@ async def test_a_burst_of_lookups_is_split_into_bounded_batches(
         await store.aclose()
     assert [r is not None for r in found] == [i == 3 for i in range(10)]
     assert after["mget"] - before.get("mget", 0) == 3  # 4 + 4 + 2 keys
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections(
+    redis_url: str, key_prefix: str
+) -> None:
+    # More concurrent commands than connections: each waits for a free one (within its
+    # deadline) rather than failing with "Too many connections".
+    config = RedisStoreConfig(url=redis_url, key_prefix=key_prefix, max_connections=2)
+    store = RedisStore(config)
+    try:
+        keys = [f"k{i}" for i in range(40)]
+        await asyncio.gather(*(store.set(rec(k, f"answer {k}")) for k in keys))
+        found = await asyncio.gather(*(store.get(k) for k in keys))
+    finally:
+        await store.aclose()
+    assert [r.response["choices"][0]["message"]["content"] if r else None for r in found] == [
+        f"answer {k}" for k in keys
+    ]
