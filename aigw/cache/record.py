@@ -18,6 +18,7 @@ import orjson
 RECORD_VERSION: Final = 1
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 _LIST_FIELDS: Final = ("tool_calls", "annotations")  # annotations: a search model's citations
+_TEXT: Final = (str, type(None))
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
@@ -41,28 +42,40 @@ class CacheRecord:
         return max(0, int(time.time() - self.stored_at))
 
 
+class InvalidRecord(ValueError):
+    """A value that is not a record this version can replay."""
+
+
 def normalise(completion: dict[str, Any]) -> dict[str, Any]:
-    """Keep what a replay needs from an upstream ``chat.completion``, drop the rest."""
+    """Keep what a replay needs from an upstream ``chat.completion``, drop the rest.
+
+    Raises :class:`InvalidRecord` for a value a replay could not render (content that is not
+    text, say), checked here, as it is copied, rather than in a second pass over the answer.
+    """
     choices = []
     for choice in completion.get("choices") or ():
         message = choice.get("message") or {}
+        index, finish = choice.get("index", 0), choice.get("finish_reason")
+        if not (isinstance(message, dict) and isinstance(index, int) and isinstance(finish, _TEXT)):
+            raise InvalidRecord("malformed choice")
         # OpenAI's order and nulls: role, content, refusal, then what is present.
-        kept = {"role": "assistant", "content": message.get("content"), "refusal": None}
+        kept: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
         for f in _TEXT_FIELDS:
             value = message.get(f)
             if value is not None:
+                if not isinstance(value, str):
+                    raise InvalidRecord(f"malformed choice: {f} is not text")
                 kept[f] = value
         for f in _LIST_FIELDS:
             value = message.get(f)
             if value:  # [] means none
+                if not isinstance(value, list):
+                    raise InvalidRecord(f"malformed choice: {f} is not a list")
                 kept[f] = value
-        choices.append(
-            {
-                "index": choice.get("index", 0),
-                "message": kept,
-                "finish_reason": choice.get("finish_reason"),
-            }
-        )
+        for call in kept.get("tool_calls") or ():
+            if not (isinstance(call, dict) and isinstance(call.get("function", {}), dict)):
+                raise InvalidRecord("malformed choice: a tool call is not an object")
+        choices.append({"index": index, "message": kept, "finish_reason": finish})
     out = {
         "id": completion.get("id"),
         "model": completion.get("model"),
@@ -79,9 +92,7 @@ def make_record(completion: dict[str, Any], key: str, scope: str, ttl: int) -> C
     """A record of ``completion`` stored now; raises :class:`InvalidRecord` when a replay
     could not render it (content that is not text, say), so it is never stored: the memory
     store would replay it wrong and Redis would refuse it on every read."""
-    response = normalise(completion)
-    _check_choices(response["choices"])
-    return CacheRecord(response, time.time(), ttl, key, scope)
+    return CacheRecord(normalise(completion), time.time(), ttl, key, scope)
 
 
 def encode(record: CacheRecord) -> bytes:
@@ -98,10 +109,6 @@ def encode(record: CacheRecord) -> bytes:
     )
 
 
-class InvalidRecord(ValueError):
-    """A stored value that is not a record this version can replay."""
-
-
 def _check_choices(choices: Any) -> None:
     if not isinstance(choices, list) or not choices:
         raise InvalidRecord("record without choices")
@@ -111,20 +118,24 @@ def _check_choices(choices: Any) -> None:
 
 def _check_choice(choice: Any) -> None:
     """Everything a replay reads from a choice has the type it expects."""
+    # Loops rather than all(...) over generators: this runs on every stored answer, and the
+    # generator version cost more than normalising the answer.
     message = choice.get("message")
-    ok = (
+    if not (
         isinstance(choice.get("index"), int)
         and isinstance(message, dict)
-        and all(isinstance(message.get(f), str | None) for f in _TEXT_FIELDS)
-        and all(isinstance(message.get(f, []), list) for f in _LIST_FIELDS)
-        and all(
-            isinstance(call, dict) and isinstance(call.get("function", {}), dict)
-            for call in message.get("tool_calls") or ()
-        )
-        and isinstance(choice.get("finish_reason"), str | None)
-    )
-    if not ok:
+        and isinstance(choice.get("finish_reason"), _TEXT)
+    ):
         raise InvalidRecord("malformed choice")
+    for f in _TEXT_FIELDS:
+        if not isinstance(message.get(f), _TEXT):
+            raise InvalidRecord(f"malformed choice: {f} is not text")
+    for f in _LIST_FIELDS:
+        if f in message and not isinstance(message[f], list):
+            raise InvalidRecord(f"malformed choice: {f} is not a list")
+    for call in message.get("tool_calls") or ():
+        if not (isinstance(call, dict) and isinstance(call.get("function", {}), dict)):
+            raise InvalidRecord("malformed choice: a tool call is not an object")
 
 
 def decode(raw: bytes) -> CacheRecord:

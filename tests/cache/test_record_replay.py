@@ -606,3 +606,21 @@ def test_annotations_survive_a_json_replay() -> None:
     record = decode(encode(make_record(completion, "k", "s", 60)))
     body = orjson.loads(completion_body(record))
     assert body["choices"][0]["message"]["annotations"] == notes
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"content": [{"type": "text", "text": "parts"}]},  # some servers: a list of parts
+        {"content": "ok", "refusal": {"reason": "x"}},
+        {"content": None, "tool_calls": {"id": "call_1"}},
+        {"content": None, "tool_calls": ["not an object"]},
+    ],
+)
+def test_an_answer_a_replay_could_not_render_is_no_record(message: dict[str, Any]) -> None:
+    # Stored, it would replay as an empty or broken answer (memory) or be refused on every
+    # read (Redis): it is never made into a record.
+    with pytest.raises(InvalidRecord):
+        make_record(completion(message), "k", "s", 60)
+    with pytest.raises(InvalidRecord):
+        make_record({**completion({"content": "ok"}), "choices": [{"index": "0"}]}, "k", "s", 60)
