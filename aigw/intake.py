@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from aigw.context import Api, RequestContext
 from aigw.errors import BadRequest, GatewayError, PayloadTooLarge
@@ -42,6 +43,16 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_bytes) from None
+    except (BadHttpMessage, web.RequestPayloadError) as err:
+        # A body that does not match its Content-Encoding, or a broken chunked encoding. The
+        # rest of it cannot be read either: end the stream here, so aiohttp does not try to
+        # (and log that as an unhandled error), and close the connection after the reply.
+        request.content.feed_eof()
+        raise BadRequest(
+            f"The request body could not be read: {_reason(err)}",
+            code="invalid_body",
+            headers={"Connection": "close"},
+        ) from None
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as err:
@@ -66,6 +77,13 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
     ctx.model = payload["model"]
     ctx.stream = payload.get("stream") is True
     ctx.include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+
+
+def _reason(err: Exception) -> str:
+    """The client-facing part of a body error: aiohttp's message, without its status code."""
+    cause = err.__cause__ if isinstance(err, web.RequestPayloadError) else err
+    message = getattr(cause, "message", None) or str(err) or type(err).__name__
+    return str(message).strip()
 
 
 def _too_large(limit: int) -> GatewayError:

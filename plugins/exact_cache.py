@@ -173,8 +173,12 @@ class ExactCachePlugin:
         if record is not None:
             if record.key == key:
                 log.info("cache hit for key: %s", ctx.cache_key)
-                return self._hit(ctx, record)
-            self.failures.failed("lookup", "stored record belongs to another key")
+                try:
+                    return self._hit(ctx, record)
+                except Exception as err:  # a stored record decode() let through: a miss
+                    self.failures.failed("lookup", f"cannot replay the stored record: {err!r}")
+            else:
+                self.failures.failed("lookup", "stored record belongs to another key")
         log.info("cache miss for key: %s", ctx.cache_key)
         ctx.cache_status = "miss"
         if ctx.cache_store and cfg.single_flight:
@@ -204,19 +208,21 @@ class ExactCachePlugin:
                 return None
 
     def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
-        self.stats["hit"] += 1
-        ctx.cache_status, ctx.cache_type = "hit", "exact"
         usage = record.response.get("usage")
-        ctx.usage = dict(usage) if usage else None  # a copy: the record is shared
+        usage = dict(usage) if usage else None  # a copy: the record is shared
         headers = {
             "x-aigw-cache": "hit",
             "x-aigw-cache-type": "exact",
             "x-aigw-cache-key": ctx.cache_key or "",
             "age": str(record.age),
         }
-        return replay(
+        reply = replay(
             record, ctx.stream, ctx.include_usage, headers, self.config.replay_chunk_chars
         )
+        # Only now that the reply exists: a record that cannot be replayed leaves no trace.
+        self.stats["hit"] += 1
+        ctx.cache_status, ctx.cache_type, ctx.usage = "hit", "exact", usage
+        return reply
 
     @hookimpl
     async def on_response_end(self, ctx: RequestContext) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -119,3 +120,18 @@ async def test_health_endpoints(gateway: Gateway) -> None:
         assert resp.status == 200
     async with gateway.http.get(gateway.url("/readyz")) as resp:
         assert resp.status == 200 and (await resp.json())["status"] == "ready"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_body_that_does_not_match_its_encoding_is_400(
+    gateway: Gateway, upstream: Upstream, caplog: pytest.LogCaptureFixture, encoding: str
+) -> None:
+    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}  # not encoded
+    with caplog.at_level(logging.ERROR):
+        async with gateway.http.post(gateway.url(CHAT), data=body, headers=headers) as resp:
+            err = await expect_error(resp, 400)
+            assert resp.headers["Connection"] == "close"  # the rest of the body is unreadable
+    assert err["code"] == "invalid_body" and encoding in err["message"]
+    assert [r for r in caplog.records if r.exc_info] == []  # no traceback in the logs either
+    assert upstream.llm.calls == []

@@ -493,8 +493,25 @@ async def test_redis_restart_and_down(
         assert resp.status == 200 and await resp.json() == {"status": "ready"}
 
 
+def _garbage(_: dict[str, Any]) -> bytes:
+    return b"\x00 not a record"
+
+
+def _nan_time(stored: dict[str, Any]) -> bytes:
+    return orjson.dumps({**stored, "stored_at": "nan"})  # float() takes it; no age comes of it
+
+
+def _text_usage(stored: dict[str, Any]) -> bytes:
+    return orjson.dumps({**stored, "response": {**stored["response"], "usage": "garbage"}})
+
+
+@pytest.mark.parametrize("damage", [_garbage, _nan_time, _text_usage])
 async def test_garbage_in_redis_is_a_miss(
-    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    redis_url: str,
+    key_prefix: str,
+    damage: Any,
 ) -> None:
     store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
     gw = await make_gateway(cache_conf(upstream, store))
@@ -508,7 +525,7 @@ async def test_garbage_in_redis_is_a_miss(
         assert 1700 < ttl <= 1800  # the default TTL applies
         stored = orjson.loads(await client.get(keys[0]))
         assert stored["response"]["choices"][0]["message"]["content"] == ANSWER
-        await client.set(keys[0], b"\x00 not a record")
+        await client.set(keys[0], damage(stored))
     finally:
         await client.aclose()
     status, completion = await ask(gw)

@@ -9,6 +9,7 @@ broken reply.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -19,6 +20,18 @@ RECORD_VERSION: Final = 1
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 _LIST_FIELDS: Final = ("tool_calls", "annotations")  # annotations: a search model's citations
 _TEXT: Final = (str, type(None))
+# The finish reasons OpenAI's client accepts (the cache stores only "stop" and "tool_calls").
+_FINISH_REASONS: Final = frozenset(
+    {"stop", "length", "tool_calls", "content_filter", "function_call"}
+)
+_TOKEN_COUNTS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
+# What a replay copies into the response head, and the types the openai client accepts there.
+_HEAD_TYPES: Final = (
+    ("id", _TEXT),  # replaced by a fresh id anyway
+    ("model", (str,)),
+    ("created", (int,)),
+    ("system_fingerprint", _TEXT),
+)
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
@@ -73,8 +86,7 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
                     raise InvalidRecord(f"malformed choice: {f} is not a list")
                 kept[f] = value
         for call in kept.get("tool_calls") or ():
-            if not (isinstance(call, dict) and isinstance(call.get("function", {}), dict)):
-                raise InvalidRecord("malformed choice: a tool call is not an object")
+            _check_tool_call(call)
         choices.append({"index": index, "message": kept, "finish_reason": finish})
     out = {
         "id": completion.get("id"),
@@ -124,7 +136,7 @@ def _check_choice(choice: Any) -> None:
     if not (
         isinstance(choice.get("index"), int)
         and isinstance(message, dict)
-        and isinstance(choice.get("finish_reason"), _TEXT)
+        and choice.get("finish_reason") in _FINISH_REASONS
     ):
         raise InvalidRecord("malformed choice")
     for f in _TEXT_FIELDS:
@@ -134,8 +146,35 @@ def _check_choice(choice: Any) -> None:
         if f in message and not isinstance(message[f], list):
             raise InvalidRecord(f"malformed choice: {f} is not a list")
     for call in message.get("tool_calls") or ():
-        if not (isinstance(call, dict) and isinstance(call.get("function", {}), dict)):
-            raise InvalidRecord("malformed choice: a tool call is not an object")
+        _check_tool_call(call)
+
+
+def _check_usage(usage: Any) -> None:
+    """OpenAI's usage shape: three token counts, optional objects of detailed counts."""
+    if usage is None:
+        return
+    if not (isinstance(usage, dict) and all(isinstance(usage.get(k), int) for k in _TOKEN_COUNTS)):
+        raise InvalidRecord("usage is not an object of token counts")
+    for name in ("prompt_tokens_details", "completion_tokens_details"):
+        details = usage.get(name)
+        if details is not None and not (
+            isinstance(details, dict) and all(isinstance(v, int | None) for v in details.values())
+        ):
+            raise InvalidRecord(f"usage.{name} is not an object of token counts")
+
+
+def _check_tool_call(call: Any) -> None:
+    """A function call a replay can render: an id, the function's name and its arguments.
+    (Custom tool calls, whose input is free text, are not replayed.)"""
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not (
+        isinstance(fn, dict)
+        and isinstance(call.get("id"), str)
+        and call.get("type") == "function"
+        and isinstance(fn.get("name"), str)
+        and isinstance(fn.get("arguments"), str)
+    ):
+        raise InvalidRecord("malformed choice: a tool call is not a function call")
 
 
 def decode(raw: bytes) -> CacheRecord:
@@ -146,9 +185,14 @@ def decode(raw: bytes) -> CacheRecord:
             raise InvalidRecord(f"record version {obj['v']!r}")
         response = obj["response"]
         _check_choices(response["choices"])
-        return CacheRecord(
-            response, float(obj["stored_at"]), int(obj["ttl"]), str(obj["key"]), str(obj["scope"])
-        )
+        _check_usage(response.get("usage"))
+        for name, types in _HEAD_TYPES:
+            if not isinstance(response.get(name), types):
+                raise InvalidRecord(f"{name} is not a {types[0].__name__}")
+        stored_at = float(obj["stored_at"])
+        if not math.isfinite(stored_at):
+            raise InvalidRecord(f"stored_at {stored_at} is not a time")
+        return CacheRecord(response, stored_at, int(obj["ttl"]), str(obj["key"]), str(obj["scope"]))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
         if isinstance(err, InvalidRecord):
             raise

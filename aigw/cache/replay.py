@@ -43,7 +43,10 @@ def completion_body(record: CacheRecord) -> bytes:
 
 def _render(record: CacheRecord) -> bytes:
     r = record.response
-    choices = [{**c, "message": dict(c["message"]), "logprobs": None} for c in r["choices"]]
+    choices = [
+        {**c, "message": {**c["message"], "role": "assistant"}, "logprobs": None}
+        for c in r["choices"]
+    ]
     body = {
         "id": _ID_SLOT,  # first key, so the first occurrence is the id
         "object": "chat.completion",

@@ -201,6 +201,10 @@ def encoded(**changes: Any) -> bytes:
         encoded(stored_at=None),
         encoded(stored_at="yesterday"),
         encoded(stored_at={}),
+        encoded(stored_at="nan"),  # float() takes these; no age can be computed from them
+        encoded(stored_at="inf"),
+        encoded(response={**normalise(PLAIN), "usage": "garbage"}),
+        encoded(response={**normalise(PLAIN), "usage": 5}),
         encoded(ttl=None),
         encoded(ttl="forever"),
         encoded(ttl=[]),
@@ -270,7 +274,12 @@ def test_a_damaged_record_only_raises_invalid_record(
         record = decode(orjson.dumps(damaged))
     except InvalidRecord:
         return
-    assert isinstance(record, CacheRecord)
+    # What decode accepts, a hit must be able to serve (what ExactCachePlugin._hit reads).
+    assert record.age >= 0
+    usage = record.response.get("usage")
+    assert usage is None or dict(usage) == usage
+    ChatCompletion.model_validate_json(completion_body(record))
+    assert list(stream_chunks(record, include_usage=True, piece_chars=4))[-1] == DONE_EVENT
 
 
 @pytest.mark.parametrize(
