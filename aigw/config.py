@@ -85,9 +85,15 @@ def expand_env(value: Any, where: str, env: dict[str, str] | None = None, key: s
             expand_env(v, where, env, f"{key}.{i}" if key else str(i)) for i, v in enumerate(value)
         ]
     if isinstance(value, dict):
-        return {
-            k: expand_env(v, where, env, f"{key}.{k}" if key else str(k)) for k, v in value.items()
-        }
+        out = {}
+        for k, v in value.items():
+            path = f"{key}.{k}" if key else str(k)
+            # Keys too: a model pattern (`models: {"${CHAT_MODEL:-gpt-4o}": ...}`) is a string.
+            name = _expand_str(k, f"{where}: {path}", env) if isinstance(k, str) else k
+            if name in out:
+                raise ConfigError(f"{where}: {path}: expands to {name!r}, which is already a key")
+            out[name] = expand_env(v, where, env, path)
+        return out
     return value
 
 

@@ -105,7 +105,7 @@ def uncacheable_answer(ctx: RequestContext, allow_tool_calls: bool) -> str | Non
         return "tool calls (cache_tool_calls is off)"
     if finish not in ("stop", "tool_calls"):
         return f"finish_reason {finish!r}"
-    if not message.get("content") and not message.get("tool_calls"):
+    if not (message.get("content") or message.get("tool_calls") or message.get("refusal")):
         return "empty answer"
     return None
 

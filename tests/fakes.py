@@ -58,8 +58,8 @@ class Behaviour:
     ``status`` -> OpenAI error body with that status (and ``headers``). ``delay_s`` waits
     before sending headers. ``drop_after_chunks`` sends that many SSE events, then closes
     the connection without ``[DONE]`` (a non-stream request gets the connection closed with
-    no response). ``content``/``tool_calls``/``reasoning_content``/``finish_reason`` override
-    the answer. ``endpoints``: the request kinds that may consume this behaviour.
+    no response). ``content``/``tool_calls``/``reasoning_content``/``refusal``/``finish_reason``
+    override the answer. ``endpoints``: the request kinds that may consume this behaviour.
     """
 
     status: int | None = None
@@ -74,6 +74,7 @@ class Behaviour:
     finish_reason: str | None = None
     tool_calls: Sequence[Json] | None = None
     reasoning_content: str | None = None
+    refusal: str | None = None
     chunk_delay_s: float | None = None
     first_token_delay_s: float | None = None
     stall_body_s: float = 0.0
@@ -188,6 +189,7 @@ class FakeLLM:
         finish_reason: str | None = None,
         tool_calls: Sequence[Json] | None = None,
         reasoning_content: str | None = None,
+        refusal: str | None = None,
         times: int = 1,
         *,
         chunk_delay_s: float | None = None,
@@ -199,6 +201,7 @@ class FakeLLM:
             finish_reason=finish_reason,
             tool_calls=tool_calls,
             reasoning_content=reasoning_content,
+            refusal=refusal,
             chunk_delay_s=chunk_delay_s,
             first_token_delay_s=first_token_delay_s,
         )
@@ -383,7 +386,8 @@ class FakeLLM:
             prompts = [_text_of(m.get("content")) for m in messages]
             users = [p for m, p in zip(messages, prompts, strict=True) if m.get("role") == "user"]
             echo = f"echo[{model}]: {users[-1] if users else ''}"
-            content = beh.content if beh.content is not None or tool_calls else echo
+            answered = beh.content is not None or tool_calls or beh.refusal
+            content = beh.content if answered else echo
             # Some OpenAI-compatible servers answer with a list of content parts.
             outs = [_text_of(content) if isinstance(content, list) else content or ""]
         else:
@@ -403,7 +407,7 @@ class FakeLLM:
 
         if not call.stream:
             if chat:
-                msg: Json = {"role": "assistant", "content": content, "refusal": None}
+                msg: Json = {"role": "assistant", "content": content, "refusal": beh.refusal}
                 if reasoning is not None:
                     msg["reasoning_content"] = reasoning
                 if tool_calls:
@@ -444,7 +448,12 @@ class FakeLLM:
                     "delta": {"role": "assistant", "content": None if content is None else ""},
                 }
             )
-            for key, text in (("reasoning_content", reasoning or ""), ("content", outs[0])):
+            texts = (
+                ("reasoning_content", reasoning),
+                ("content", outs[0]),
+                ("refusal", beh.refusal),
+            )
+            for key, text in ((k, t or "") for k, t in texts):
                 for piece in _pieces(text):
                     emit({"index": 0, "delta": {key: piece}})
             for i, tc in enumerate(tool_calls):

@@ -140,6 +140,16 @@ def test_expand_nested_values_and_leave_non_strings() -> None:
     }
 
 
+def test_expand_keys_too() -> None:
+    # Model patterns are mapping keys: `models: {"${CHAT_MODEL:-gpt-4o}": "${DEPLOYMENT}"}`.
+    doc = {"models": {"${CHAT_MODEL:-gpt-4o}": "${DEPLOYMENT}", "fixed": None}}
+    env = {"CHAT_MODEL": "my-model", "DEPLOYMENT": "dep-1"}
+    assert expand_env(doc, "f", env) == {"models": {"my-model": "dep-1", "fixed": None}}
+    assert expand_env(doc, "f", {"DEPLOYMENT": "d"}) == {"models": {"gpt-4o": "d", "fixed": None}}
+    with pytest.raises(ConfigError, match="expands to 'x', which is already a key"):
+        expand_env({"models": {"x": 1, "${A}": 2}}, "f", {"A": "x"})
+
+
 def test_expand_uses_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIGW_TEST_VAR", "from-env")
     monkeypatch.delenv("AIGW_TEST_UNSET", raising=False)

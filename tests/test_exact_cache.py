@@ -215,6 +215,19 @@ async def test_answer_a_replay_could_not_render_is_not_stored(
     assert status == "miss" and upstream.llm.chat_calls == 2
 
 
+async def test_refusal_is_stored_and_replayed(gw: Gateway, upstream: Upstream) -> None:
+    upstream.llm.answer(refusal="I can't help with that.")
+    status, first, _ = await ask_stream(gw)
+    await settle(gw)
+    status_json, hit = await ask(gw)
+    status_stream, _, chunks = await ask_stream(gw)
+    assert (status, status_json, status_stream) == ("miss", "hit", "hit")
+    assert hit.choices[0].message.refusal == "I can't help with that."
+    assert hit.choices[0].message.content is None and first == ""
+    refused = "".join(c.choices[0].delta.refusal or "" for c in chunks if c.choices)
+    assert refused == "I can't help with that." and upstream.llm.chat_calls == 1
+
+
 async def test_errors_not_stored(gw: Gateway, upstream: Upstream) -> None:
     upstream.llm.fail(500, "boom")
     with pytest.raises(openai.InternalServerError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import openai
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
 from tests.fakes import Behaviour, FakeLLM
@@ -397,3 +399,37 @@ async def test_upstream_stalling_mid_body_is_504(
     with pytest.raises(openai.APIStatusError) as exc:
         await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
     assert exc.value.status_code == 504
+
+
+async def test_multi_line_sse_events_are_relayed_well_formed(
+    make_gateway: GatewayFactory, aiohttp_server: Any
+) -> None:
+    # One JSON value over several `data:` lines is valid SSE; relayed under a single `data:`
+    # prefix, its later lines would reach the client as garbage.
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                "model": "m", "choices": [choice]}  # fmt: skip
+
+    async def pretty_sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for obj in (chunk({"role": "assistant", "content": ""}), chunk({"content": "Hi"})):
+            lines = json.dumps(obj, indent=1).splitlines()
+            await resp.write("".join(f"data: {line}\n" for line in lines).encode() + b"\n")
+        await resp.write(
+            b"data: " + json.dumps(chunk({}, "stop")).encode() + b"\n\ndata: [DONE]\n\n"
+        )
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", pretty_sse)
+    server = await aiohttp_server(app)
+    provider = {"name": "p", "base_url": str(server.make_url("/v1")), "api_keys": ["k"]}
+    gw = await make_gateway(
+        {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": [provider]}}}
+    )
+    stream = await gw.openai.chat.completions.create(model="m", messages=MSG, stream=True)
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert chunks[-1].choices[0].finish_reason == "stop"

@@ -40,7 +40,7 @@ async def relay_stream(
                 if event.event == "error":  # some servers name the event instead
                     raise UpstreamError(f"upstream {provider} failed mid-stream: {data[:200]!r}")
                 if chunk is None:
-                    yield b"data: " + data + b"\n\n"
+                    yield _event(data)
                     continue
                 if "error" in chunk:
                     raise UpstreamError(f"upstream {provider} failed mid-stream: {chunk['error']}")
@@ -51,12 +51,20 @@ async def relay_stream(
                     assembler.feed(chunk)
                 if usage and not chunk.get("choices") and not ctx.include_usage:
                     continue
-                yield b"data: " + data + b"\n\n"
+                yield _event(data)
     except TimeoutError as err:
         raise UpstreamTimeout(f"upstream {provider} stalled mid-stream") from err
     except aiohttp.ClientError as err:
         raise UpstreamError(f"upstream {provider} broke the stream: {err!r}") from err
     raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
+
+
+def _event(data: bytes) -> bytes:
+    """``data`` as one SSE event again. The parser joined a multi-line event's ``data:`` lines
+    with newlines; each line needs its own ``data:`` field, or clients see broken JSON."""
+    if b"\n" not in data:
+        return b"data: " + data + b"\n\n"
+    return b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:
