@@ -136,7 +136,9 @@ def load_config(conf_dir: str | Path, env: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"{root}: not a directory (expected a conf.d with *.yaml files)")
     gateway: GatewaySettings | None = None
     plugins: list[PluginEntry] = []
-    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")], key=lambda p: p.name):
+    files = [*root.glob("*.yaml"), *root.glob("*.yml")]
+    # Hidden files are editors' locks and backups (`.#30-exact-cache.yaml`), not configuration.
+    for path in sorted((p for p in files if not p.name.startswith(".")), key=lambda p: p.name):
         doc = _read_yaml(path)
         # `enabled` first: a disabled file may reference variables that are not set.
         if "enabled" in doc:
@@ -169,6 +171,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with 'plugin:' or 'gateway:'")
     return doc

@@ -14,6 +14,8 @@ must be terminal: see :class:`TerminalPlugin`.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -69,10 +71,15 @@ def resolve_class(entry: PluginEntry) -> type[Any]:
             raise ConfigError(f"{entry.file}: plugin: unknown plugin {ref!r}; installed: {names}")
         ref = eps[ref].value
     module_name, _, attr = ref.partition(":")
+    # The `aigw` script, unlike `python -m aigw`, does not look in the working directory:
+    # a plugin module next to conf.d (README "Writing a plugin") is found either way. Last,
+    # so an installed module of the same name wins.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{entry.file}: plugin: cannot load {ref!r}: {err}") from None
+    except Exception as err:  # ImportError, but also a SyntaxError or any error at import
+        raise ConfigError(f"{entry.file}: plugin: cannot load {ref!r}: {err!r}") from None
     if not isinstance(obj, type):
         raise ConfigError(f"{entry.file}: plugin: {ref!r} is not a class")
     return obj
@@ -82,15 +89,18 @@ def build(entry: PluginEntry) -> object:
     """Validate the entry's config and build its plugin instance."""
     cls = resolve_class(entry)
     config_class: type[Settings] | None = getattr(cls, "config_class", None)
-    if config_class is None:
-        if entry.config:
-            raise ConfigError(f"{entry.file}: config: plugin {entry.name!r} takes no config")
-        return cls()
-    settings = validate(config_class, entry.config, f"{entry.file}: config")
+    if config_class is None and entry.config:
+        raise ConfigError(f"{entry.file}: config: plugin {entry.name!r} takes no config")
     try:
-        return cls(settings)
+        if config_class is None:
+            return cls()
+        return cls(validate(config_class, entry.config, f"{entry.file}: config"))
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:  # e.g. a Redis URL its client cannot parse
         raise ConfigError(f"{entry.file}: config: {err}") from None
+    except Exception as err:  # a plugin that fails to build for its own reasons
+        raise ConfigError(f"{entry.file}: plugin {entry.name!r}: {err!r}") from None
 
 
 def load(config: Config) -> LoadedPlugins:

@@ -143,6 +143,42 @@ def test_plugin_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "must be terminal" in err
 
 
+def test_unreadable_files_and_broken_plugins_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = {"plugin": "provider-proxy", "config": {"providers": [{"name": "m", "type": "mock"}]}}
+    root = write_conf(tmp_path / "conf.d", {"90-p.yaml": proxy})
+    (root / ".#30-x.yaml").symlink_to(tmp_path / "gone")  # an editor's lock: skipped
+    assert run(["check", "-c", str(root)], capsys)[0] == 0
+    (root / "40-latin1.yaml").write_bytes(b"plugin: caf\xe9\n")
+    rc, _, err = run(["check", "-c", str(root)], capsys)
+    assert rc == 2 and f"{root / '40-latin1.yaml'}: not UTF-8 text" in err
+    (root / "40-latin1.yaml").unlink()
+    # A plugin module that does not even compile, and one whose constructor fails.
+    (tmp_path / "broken_mod.py").write_text("def oops(:\n")
+    (tmp_path / "raising_mod.py").write_text(
+        "class P:\n    def __init__(self):\n        raise RuntimeError('no')\n"
+    )
+    monkeypatch.chdir(tmp_path)  # module:Class is found in the working directory
+    for module, expected in (("broken_mod", "SyntaxError"), ("raising_mod", "RuntimeError")):
+        write_conf(root, {"10-x.yaml": {"plugin": f"{module}:P"}})
+        rc, _, err = run(["check", "-c", str(root)], capsys)
+        assert rc == 2 and f"{root / '10-x.yaml'}: " in err and expected in err, err
+
+
+def test_a_mock_reached_as_a_fallback_is_announced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    providers = [
+        {"name": "real", "base_url": "http://127.0.0.1:9/v1", "fallbacks": ["fake"]},
+        {"name": "fake", "type": "mock"},
+    ]
+    conf = {"plugin": "provider-proxy", "config": {"providers": providers}}
+    root = write_conf(tmp_path / "conf.d", {"90-p.yaml": conf})
+    rc, out, _ = run(["check", "-c", str(root)], capsys)
+    assert rc == 0 and line_of(out, "fake [mock]").endswith("(as a fallback only)")
+
+
 def test_missing_conf_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = run(["check", "-c", str(tmp_path / "absent")], capsys)
     assert rc == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,26 @@ async def test_readme_plugin_example_works(
     async with gw.http.post(url, json={"model": "gpt-4o", "messages": msg}) as resp:
         assert resp.status == 200 and resp.headers["x-served-model"] == "served-by-mock"
     sys.modules.pop(module, None)
+
+
+def test_readme_plugin_example_loads_with_the_aigw_script(tmp_path: Path) -> None:
+    # As the README has it: my_plugins.py next to conf.d/, `aigw` run from that directory. The
+    # console script, unlike `python -m`, does not put the working directory on sys.path.
+    code = next(b for b in _blocks("python") if b.startswith("# my_plugins.py"))
+    conf = next(b for b in _blocks("yaml") if b.startswith("# conf.d/15-deny.yaml"))
+    (tmp_path / "my_plugins.py").write_text(code, encoding="utf-8")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    (conf_d / "15-deny.yaml").write_text(conf, encoding="utf-8")
+    (conf_d / "90-p.yaml").write_text(
+        "plugin: provider-proxy\nconfig:\n  providers: [{name: m, type: mock}]\n", "utf-8"
+    )
+    script = Path(sys.executable).parent / "aigw"
+    done = subprocess.run(
+        [str(script), "check", "-c", "conf.d"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "my_plugins:DenyModelPlugin" in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -63,12 +63,32 @@ class ProviderProxyPlugin:
         """Concrete model names from the providers' patterns."""
         return self.router.listed()
 
+    def serving(self) -> tuple[set[str], set[str]]:
+        """Providers that own a route, and those that answer only as another's fallback."""
+        routed = self.router.providers_in_use()
+        fallback_only: set[str] = set()
+        todo = list(routed)
+        while todo:
+            for name in self.providers[todo.pop()].fallbacks:
+                if name in self.providers and name not in routed | fallback_only:
+                    fallback_only.add(name)
+                    todo.append(name)
+        return routed, fallback_only
+
     def describe(self) -> list[str]:
         """One line per provider: its type, URL and the models it serves (for logs/check)."""
         lines = []
-        in_use = self.router.providers_in_use()
+        routed, fallback_only = self.serving()
         for p in self.config.providers:
-            state = "" if p.name in in_use else "  (disabled)" if not p.enabled else "  (shadowed)"
+            state = (
+                ""
+                if p.name in routed
+                else "  (as a fallback only)"
+                if p.name in fallback_only
+                else "  (disabled)"
+                if not p.enabled
+                else "  (shadowed)"
+            )
             where = "" if p.type == "mock" else f" {p.url}"
             backend = self.backends.get(p.name)
             if isinstance(backend, Upstream) and backend.proxy:
@@ -82,7 +102,7 @@ class ProviderProxyPlugin:
         self._session = gateway.session
         for line in self.describe():
             log.info("provider %s", line)
-        in_use = self.router.providers_in_use()
+        in_use = set.union(*self.serving())  # a fallback mock answers too, when it is reached
         mocks = [p.name for p in self.providers.values() if p.type == "mock" and p.name in in_use]
         if mocks:
             log.warning(
