@@ -128,4 +128,9 @@ async def on_log(ctx: RequestContext) -> None:
     (``ctx.error``), client disconnects. ``ctx.status``, ``ctx.cache_status``,
     ``ctx.usage``, ``ctx.replied_by`` and timings are final. Exceptions are logged and
     ignored, so one plugin cannot hide a request from another.
+
+    Keep it quick and do not wait for I/O here: the connection's next request waits for it,
+    and a client that hangs up cancels the handler, cutting short an ``on_log`` that is
+    waiting (the other plugins still log). Send slow work (an export over the network) to
+    ``gateway.spawn()``, which runs it in the background and drains it at shutdown.
     """
