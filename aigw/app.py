@@ -194,8 +194,13 @@ def _plugin_ctx(
             await _call(start, gateway=gateway)
         yield
         if stop is not None:
+            # What is left of the shutdown budget, but a second at least: a plugin whose
+            # shutdown hangs must not keep the process alive.
             try:
-                await _call(stop)
+                async with asyncio.timeout(max(gateway.shutdown_left(), 1.0)):
+                    await _call(stop)
+            except TimeoutError:
+                log.warning("plugin %s did not shut down in time; going on without it", name)
             except Exception:
                 log.exception("plugin %s failed to shut down", name)
 
@@ -205,7 +210,7 @@ def _plugin_ctx(
 def _drain_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await gateway.drain(gateway.settings.shutdown_timeout_s)
+        await gateway.drain(gateway.shutdown_left())
 
     return ctx
 

@@ -13,7 +13,10 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -113,24 +116,55 @@ def serve(config: Config) -> int:
     if config.gateway.workers == 1:
         _run_worker(config, reuse_port=False)
         return 0
+    g = config.gateway
+    # The workers bind with SO_REUSEPORT, which would also share the port with another,
+    # unrelated server already on it: check that it is free first.
+    try:
+        socket.create_server((g.host, g.port)).close()
+    except OSError as err:
+        log.error("aigw cannot start: %s:%d: %s", g.host, g.port, err.strerror or err)
+        return 1
     mp = multiprocessing.get_context("spawn")
     procs = [
         mp.Process(target=_run_worker, args=(config, True), name=f"aigw-worker-{i}")
-        for i in range(config.gateway.workers)
+        for i in range(g.workers)
     ]
     for proc in procs:
         proc.start()
+    signals = 0
 
     def stop(signum: int, _frame: object) -> None:
+        nonlocal signals
+        signals += 1
         for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
+            if proc.is_alive() and signals == 1:
                 proc.terminate()
+            elif proc.is_alive():  # a second signal does not wait for a graceful shutdown
+                proc.kill()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for proc in procs:
-        proc.join()
-    return max((abs(p.exitcode or 0) for p in procs if p.exitcode != -signal.SIGTERM), default=0)
+    crashed = False
+    while alive := [p for p in procs if p.is_alive()]:
+        multiprocessing.connection.wait([p.sentinel for p in alive])
+        if not signals and not crashed and any(not p.is_alive() for p in procs):
+            # One worker died on its own: the port is served at reduced capacity with nobody
+            # told. Stop the others and exit 1, so the supervisor restarts the gateway whole.
+            dead = next(p for p in procs if not p.is_alive())
+            log.error("worker %s exited (code %s); stopping the others", dead.pid, dead.exitcode)
+            crashed = True
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+    codes = [abs(p.exitcode or 0) for p in procs if p.exitcode != -signal.SIGTERM]
+    return 1 if crashed else max(codes, default=0)
+
+
+def _exit_now(sig: int) -> None:
+    """A second stop signal during shutdown: leave without waiting for anything more."""
+    log.warning("%s during shutdown: exiting now", signal.Signals(sig).name)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _tune_gc() -> None:
@@ -166,14 +200,18 @@ def _run_worker(config: Config, reuse_port: bool) -> None:
 async def _serve(config: Config, reuse_port: bool) -> None:
     from aiohttp import web
 
-    from aigw.app import create_app
+    from aigw.app import GATEWAY, create_app
 
     g = config.gateway
+    app = create_app(config)
     runner = web.AppRunner(
-        create_app(config),
+        app,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call
         access_log=None,
-        shutdown_timeout=g.shutdown_timeout_s,
+        # aiohttp waits this long for in-flight requests, cancels them, then waits as long
+        # again: half the budget each, at most, leaves the write-backs and the plugins' shutdown
+        # what remains of it (gateway.shutdown_left()).
+        shutdown_timeout=g.shutdown_timeout_s / 2,
     )
     try:
         await runner.setup()  # inside: plugins started before a failing one are shut down
@@ -186,6 +224,13 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down: finishing in-flight requests and write-backs")
+        app[GATEWAY].shutdown_deadline = loop.time() + g.shutdown_timeout_s
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _exit_now, sig)
+        log.info(
+            "shutting down (within %ss; a second signal exits at once): finishing in-flight "
+            "requests and write-backs",
+            g.shutdown_timeout_s,
+        )
     finally:
         await runner.cleanup()

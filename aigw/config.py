@@ -39,7 +39,7 @@ class GatewaySettings(Settings):
 
     ``host``/``port``: where to listen. ``workers``: processes sharing the port
     (SO_REUSEPORT). ``max_body_bytes``: request body limit (413 above it).
-    ``shutdown_timeout_s``: how long in-flight requests and write-backs may take on shutdown.
+    ``shutdown_timeout_s``: how long the whole shutdown may take (in-flight requests get half).
     ``log_level``: Python logging level name.
     """
 

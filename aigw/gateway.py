@@ -29,6 +29,8 @@ class Gateway:
         self.settings = config.gateway
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: Event-loop time by which shutdown must be over (set when the stop signal arrives).
+        self.shutdown_deadline: float | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -69,6 +71,12 @@ class Gateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("background %s failed: %r", what, task.exception())
+
+    def shutdown_left(self) -> float:
+        """Seconds left of ``shutdown_timeout_s`` since the stop signal (all of it if none)."""
+        if self.shutdown_deadline is None:
+            return self.settings.shutdown_timeout_s
+        return max(0.0, self.shutdown_deadline - asyncio.get_running_loop().time())
 
     async def drain(self, seconds: float) -> None:
         """Wait up to ``seconds`` for background work, then cancel what is left."""

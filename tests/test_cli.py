@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 import textwrap
 import uuid
@@ -446,3 +447,84 @@ async def test_a_plugin_that_cannot_start_exits_1_cleanly(tmp_path: Path) -> Non
     assert "cannot start" in text and "the vector db said no" in text
     assert "Traceback" not in text
     assert "Fine was shut down" in text  # started before the failure: stopped in reverse
+
+
+def test_workers_refuse_a_port_already_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    # The workers bind with SO_REUSEPORT, which alone would share the port with whatever
+    # listens there already.
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as taken:
+        port = taken.getsockname()[1]
+        rc, _, _ = run(["-c", str(SHIPPED), "--port", str(port), "--workers", "2"], capsys)
+    assert rc == 1
+
+
+async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str]) -> None:
+    """Read the process's stderr up to a line matching ``pattern``; fail if it ends first."""
+    assert proc.stderr is not None
+    while line := (await proc.stderr.readline()).decode():
+        if pattern.search(line):
+            return
+    pytest.fail(f"aigw's output ended before {pattern.pattern!r}")
+
+
+async def test_a_worker_that_dies_stops_the_gateway_with_exit_1() -> None:
+    port = free_port()
+    proc = await spawn_aigw(SHIPPED, child_env(), "--port", str(port), "--workers", "2")
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(2):  # both workers serving
+                await read_until(proc, SERVING)
+            os.kill(psutil_children(proc.pid)[0], signal.SIGKILL)
+            rest = (await proc.stderr.read()).decode()
+            assert await proc.wait() == 1
+        assert "stopping the others" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
+    # A plugin whose shutdown never ends: the process still exits, and a second SIGTERM does
+    # not wait at all.
+    (tmp_path / "stuck_plugins.py").write_text(
+        "import asyncio\n"
+        "from aigw import hookimpl\n"
+        "class Stuck:\n"
+        "    @hookimpl\n"
+        "    async def shutdown(self):\n"
+        "        await asyncio.sleep(3600)\n",
+        encoding="utf-8",
+    )
+    conf = write_conf(
+        tmp_path / "conf.d",
+        {
+            "00-gateway.yaml": {"gateway": {"shutdown_timeout_s": 1}},
+            "10-stuck.yaml": {"plugin": "stuck_plugins:Stuck"},
+            "90-p.yaml": {
+                "plugin": "provider-proxy",
+                "config": {"providers": [{"name": "m", "type": "mock"}]},
+            },
+        },
+    )
+    for signals in (1, 2):
+        proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)))
+        assert proc.stderr is not None
+        try:
+            async with asyncio.timeout(TIMEOUT_S):  # a hang would end here, failing the test
+                await read_until(proc, SERVING)
+                proc.send_signal(signal.SIGTERM)
+                await read_until(proc, re.compile("shutting down"))
+                if signals == 2:
+                    proc.send_signal(signal.SIGTERM)
+                rest = (await proc.stderr.read()).decode()
+                rc = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if signals == 1:
+            assert rc == 0 and "did not shut down in time" in rest
+        else:
+            assert rc == 1 and "exiting now" in rest
