@@ -217,12 +217,13 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         await runner.setup()  # inside: plugins started before a failing one are shut down
         await web.TCPSite(runner, g.host, g.port, reuse_port=reuse_port).start()
         _tune_gc()
-        for host, port, *_ in runner.addresses:
-            log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
+        # Handlers first: a supervisor may signal as soon as it reads the "serving" line.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        for host, port, *_ in runner.addresses:
+            log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
         await stop.wait()
         app[GATEWAY].shutdown_deadline = loop.time() + g.shutdown_timeout_s
         for sig in (signal.SIGTERM, signal.SIGINT):
