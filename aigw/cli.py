@@ -208,9 +208,9 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         app,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call
         access_log=None,
-        # aiohttp waits this long for in-flight requests, cancels them, then waits as long
-        # again: half the budget each, at most, leaves the write-backs and the plugins' shutdown
-        # what remains of it (gateway.shutdown_left()).
+        # aiohttp waits this long for in-flight requests, then cancels them and waits up to as
+        # long again for them to end: in-flight requests get half the budget, the write-backs
+        # and the plugins' shutdown what is left of it (gateway.shutdown_left()).
         shutdown_timeout=g.shutdown_timeout_s / 2,
     )
     try:
