@@ -160,6 +160,19 @@ def serve(config: Config) -> int:
     return 1 if crashed else max(codes, default=0)
 
 
+def _follow_parent() -> None:
+    """Have Linux send this worker SIGTERM when its parent dies, however it dies (a SIGKILL
+    from an orchestrator), so no orphaned worker keeps serving the port on its own."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own signal handling remains
+        pass
+    if os.getppid() == 1:  # the parent died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _exit_now(sig: int) -> None:
     """A second stop signal during shutdown: leave without waiting for anything more."""
     log.warning("%s during shutdown: exiting now", signal.Signals(sig).name)
@@ -190,6 +203,7 @@ def _run_worker(config: Config, reuse_port: bool) -> None:
     if reuse_port:
         # Ctrl-C reaches the parent, which terminates every worker with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _follow_parent()
     try:
         asyncio.run(_serve(config, reuse_port))
     except Exception as err:  # a plugin that cannot start, a port in use: say so, exit 1
