@@ -130,8 +130,8 @@ def _check_choices(choices: Any) -> None:
 
 def _check_choice(choice: Any) -> None:
     """Everything a replay reads from a choice has the type it expects."""
-    # Loops rather than all(...) over generators: this runs on every stored answer, and the
-    # generator version cost more than normalising the answer.
+    # The same rules normalise() applies as it copies an upstream answer, here on a stored
+    # value (from Redis, which anything may have written), plus what the openai client needs.
     message = choice.get("message")
     if not (
         isinstance(choice.get("index"), int)
