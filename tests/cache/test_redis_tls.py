@@ -95,7 +95,8 @@ def mtls_redis(tmp_path: Path, pki: Pki) -> Iterator[TlsRedis]:
 
 async def round_trip(**config: Any) -> str | None:
     """Store a record and read it back through a store built from ``config``."""
-    store = RedisStore(RedisStoreConfig(key_prefix="tls:", **config))
+    # A generous deadline: a TLS handshake on a busy CI machine can take over the 100 ms default.
+    store = RedisStore(RedisStoreConfig(key_prefix="tls:", timeout_ms=5000, **config))
     try:
         await store.set(rec("k", "over tls"))
         found = await store.get("k")
@@ -154,6 +155,7 @@ async def test_gateway_shares_answers_through_tls_redis(
     make_gateway: GatewayFactory, upstream: Upstream, tls_redis: TlsRedis, pki: Pki
 ) -> None:
     store = {"type": "redis", "url": tls_redis.tls_url, "tls_ca_file": str(pki.ca)}
+    store["timeout_ms"] = 5000  # see round_trip
     gw = await make_gateway(cache_conf(upstream, store))
     assert (await ask(gw))[0] == "miss"
     await settle(gw)
