@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from pluggy import HookImpl
 
+from aigw import dispatch
 from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
 from aigw.errors import GatewayError, NotFound
@@ -60,6 +61,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_route("*", "/healthz", _get_only(_healthz))
     app.router.add_route("*", "/readyz", _get_only(_readyz_handler(gateway, loaded)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
+    dispatch.install(app, API_ROUTES.keys())
     app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_session_ctx(gateway))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
