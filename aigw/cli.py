@@ -146,16 +146,22 @@ def serve(config: Config) -> int:
     signal.signal(signal.SIGINT, stop)
     crashed = False
     while alive := [p for p in procs if p.is_alive()]:
-        multiprocessing.connection.wait([p.sentinel for p in alive])
-        if not signals and not crashed and any(not p.is_alive() for p in procs):
+        # Checked against the same list the loop waits on: a worker found dead when the list
+        # is made must be noticed now, or the loop would wait on the others alone, forever.
+        if not signals and not crashed and len(alive) < len(procs):
             # One worker died on its own: the port is served at reduced capacity with nobody
             # told. Stop the others and exit 1, so the supervisor restarts the gateway whole.
-            dead = next(p for p in procs if not p.is_alive())
+            dead = next(p for p in procs if p not in alive)
             log.error("worker %s exited (code %s); stopping the others", dead.pid, dead.exitcode)
             crashed = True
-            for proc in procs:
-                if proc.is_alive():
-                    proc.terminate()
+            for proc in alive:
+                proc.terminate()
+        ready = multiprocessing.connection.wait([p.sentinel for p in alive])
+        for proc in alive:
+            if proc.sentinel in ready:
+                # Its sentinel closes as it exits, a moment before it can be reaped: wait for
+                # that, so the next list does not count it alive (and loop without waiting).
+                proc.join()
     codes = [abs(p.exitcode or 0) for p in procs if p.exitcode != -signal.SIGTERM]
     return 1 if crashed else max(codes, default=0)
 

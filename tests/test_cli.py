@@ -467,6 +467,31 @@ async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str])
     pytest.fail(f"aigw's output ended before {pattern.pattern!r}")
 
 
+async def test_a_worker_that_dies_stops_the_gateway_with_exit_1() -> None:
+    port = free_port()
+    proc = await spawn_aigw(SHIPPED, child_env(), "--port", str(port), "--workers", "2")
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(2):  # both workers serving
+                await read_until(proc, SERVING)
+            workers = psutil_children(proc.pid)
+            os.kill(workers[0], signal.SIGKILL)
+            await read_until(proc, re.compile("stopping the others"))
+            assert await proc.wait() == 1
+    finally:
+        for pid in (proc.pid, *psutil_children_or_none(proc.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def psutil_children_or_none(pid: int) -> list[int]:
+    """The worker pids of ``pid``, or none if it is gone."""
+    try:
+        return psutil_children(pid)
+    except OSError:
+        return []
+
+
 async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
     # A plugin whose shutdown never ends: the process still exits, and a second SIGTERM does
     # not wait at all.
