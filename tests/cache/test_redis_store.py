@@ -16,7 +16,9 @@ from tests.redis_server import RedisServer
 
 
 def store_at(url: str, prefix: str) -> RedisStore:
-    return RedisStore(RedisStoreConfig(url=url, key_prefix=prefix))
+    # These tests are about what is stored, read and batched, not about deadlines: on a busy
+    # machine a first command (which connects) took over the 100 ms default, and failed open.
+    return RedisStore(RedisStoreConfig(url=url, key_prefix=prefix, timeout_ms=5000))
 
 
 async def command_calls(url: str) -> dict[str, int]:
