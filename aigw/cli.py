@@ -26,6 +26,10 @@ from aigw.errors import ConfigError
 
 log = logging.getLogger("aigw")
 
+# How a worker ends when it was told to stop: the parent's SIGTERM (or SIGKILL after a second
+# signal), or a Ctrl-C that reached it before it started ignoring SIGINT.
+_STOPPED = frozenset({-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT})
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aigw", description="OpenAI-compatible AI gateway.")
@@ -114,7 +118,7 @@ def _setup_logging(level: str) -> None:
 def serve(config: Config) -> int:
     """Serve until SIGINT/SIGTERM, in one process or ``workers`` processes."""
     if config.gateway.workers == 1:
-        _run_worker(config, reuse_port=False)
+        _run_worker(config, parent=None)
         return 0
     g = config.gateway
     # The workers bind with SO_REUSEPORT, which would also share the port with another,
@@ -124,9 +128,13 @@ def serve(config: Config) -> int:
     except OSError as err:
         log.error("aigw cannot start: %s:%d: %s", g.host, g.port, err.strerror or err)
         return 1
+    # A launcher may have left SIGCHLD ignored, which survives exec: the kernel would then reap
+    # the workers itself, and a dead one would never be seen (the loop below spinning on its
+    # closed sentinel).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     mp = multiprocessing.get_context("spawn")
     procs = [
-        mp.Process(target=_run_worker, args=(config, True), name=f"aigw-worker-{i}")
+        mp.Process(target=_run_worker, args=(config, os.getpid()), name=f"aigw-worker-{i}")
         for i in range(g.workers)
     ]
     for proc in procs:
@@ -162,11 +170,14 @@ def serve(config: Config) -> int:
                 # Its sentinel closes as it exits, a moment before it can be reaped: wait for
                 # that, so the next list does not count it alive (and loop without waiting).
                 proc.join()
-    codes = [abs(p.exitcode or 0) for p in procs if p.exitcode != -signal.SIGTERM]
-    return 1 if crashed else max(codes, default=0)
+    if crashed or signals > 1:
+        return 1  # a second signal exits at once, with 1, as one process does
+    # A worker ended by a signal the parent sent, or by the terminal's Ctrl-C, stopped as asked.
+    codes = [abs(p.exitcode or 0) for p in procs if p.exitcode not in _STOPPED]
+    return max(codes, default=0)
 
 
-def _follow_parent() -> None:
+def _follow_parent(parent: int) -> None:
     """Have Linux send this worker SIGTERM when its parent dies, however it dies (a SIGKILL
     from an orchestrator), so no orphaned worker keeps serving the port on its own."""
     try:
@@ -175,7 +186,9 @@ def _follow_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the parent's own signal handling remains
         pass
-    if os.getppid() == 1:  # the parent died before the request above took effect
+    # The parent died before the request above took effect. (Not a comparison with pid 1:
+    # the parent is pid 1 itself when it is a container's command.)
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -198,7 +211,8 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-def _run_worker(config: Config, reuse_port: bool) -> None:
+def _run_worker(config: Config, parent: int | None) -> None:
+    """Serve in this process; ``parent`` is the pid of the ``--workers`` parent, if any."""
     _setup_logging(config.gateway.log_level)
     try:
         import uvloop  # optional speed-up: the `speed` extra
@@ -206,10 +220,11 @@ def _run_worker(config: Config, reuse_port: bool) -> None:
         uvloop.install()
     except ImportError:
         pass
-    if reuse_port:
+    reuse_port = parent is not None
+    if parent is not None:
         # Ctrl-C reaches the parent, which terminates every worker with SIGTERM.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _follow_parent()
+        _follow_parent(parent)
     try:
         asyncio.run(_serve(config, reuse_port))
     except Exception as err:  # a plugin that cannot start, a port in use: say so, exit 1

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -267,9 +269,12 @@ def test_shipped_conf_with_openai_key(
 # --------------------------------------------------------------------------- real process
 
 
-async def spawn_aigw(conf: Path, env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    """``python -m aigw -c <conf> --port 0 [args]``, its stderr piped."""
+async def spawn_aigw(
+    conf: Path, env: dict[str, str], *args: str, launcher: tuple[str, ...] = ()
+) -> asyncio.subprocess.Process:
+    """``[launcher] python -m aigw -c <conf> --port 0 [args]``, its stderr piped."""
     return await asyncio.create_subprocess_exec(
+        *launcher,
         sys.executable,
         "-m",
         "aigw",
@@ -401,11 +406,15 @@ async def test_serve_with_two_workers_on_one_port() -> None:
     assert len(workers) == 2
 
 
+def children_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s children, from /proc."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def psutil_children(pid: int) -> list[int]:
-    """The pids of ``pid``'s worker processes, from /proc (multiprocessing's resource
-    tracker, also a child, is not a worker)."""
-    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    """The pids of ``pid``'s worker processes (multiprocessing's resource tracker, also a
+    child, is not a worker)."""
+    return [c for c in children_of(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def test_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -467,9 +476,21 @@ async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str])
     pytest.fail(f"aigw's output ended before {pattern.pattern!r}")
 
 
-async def test_a_worker_that_dies_stops_the_gateway_with_exit_1() -> None:
+# Some launchers leave SIGCHLD ignored, which survives exec: the kernel then reaps children
+# itself, and a parent relying on waiting for them never saw the dead worker.
+IGNORING_SIGCHLD = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
+@pytest.mark.parametrize("launcher", [(), IGNORING_SIGCHLD], ids=["plain", "sigchld-ignored"])
+async def test_a_worker_that_dies_stops_the_gateway_with_exit_1(launcher: tuple[str, ...]) -> None:
     port = free_port()
-    proc = await spawn_aigw(SHIPPED, child_env(), "--port", str(port), "--workers", "2")
+    args = ("--port", str(port), "--workers", "2")
+    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=launcher)
     try:
         async with asyncio.timeout(TIMEOUT_S):
             for _ in range(2):  # both workers serving
@@ -484,6 +505,41 @@ async def test_a_worker_that_dies_stops_the_gateway_with_exit_1() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def can_unshare_pid() -> bool:
+    """Whether this machine lets us start a process in a new pid namespace (as its pid 1)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10)
+    return probe.returncode == 0
+
+
+async def test_workers_serve_under_a_parent_that_is_pid_1() -> None:
+    # A container's command runs as pid 1. Workers check that their parent is still there;
+    # taking "my parent is pid 1" for "my parent died" stopped every worker at once.
+    if not can_unshare_pid():
+        pytest.skip("needs `unshare --pid` (root, or user namespaces)")
+    port = free_port()
+    launcher = ("unshare", "--pid", "--fork", "--kill-child")
+    args = ("--port", str(port), "--workers", "2")
+    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=launcher)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(2):
+                await read_until(proc, SERVING)
+            async with client_for(port) as client:
+                answer = await client.chat.completions.create(
+                    model="gpt-4o", messages=user("from pid 1")
+                )
+            assert answer.choices[0].message.content == "[mock gpt-4o] You said: from pid 1"
+            (parent,) = children_of(proc.pid)
+            os.kill(parent, signal.SIGTERM)  # unshare exits with its child's status
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # --kill-child takes the namespace down with it
+            await proc.wait()
+
+
 def psutil_children_or_none(pid: int) -> list[int]:
     """The worker pids of ``pid``, or none if it is gone."""
     try:
@@ -492,9 +548,10 @@ def psutil_children_or_none(pid: int) -> list[int]:
         return []
 
 
-async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path, workers: int) -> None:
     # A plugin whose shutdown never ends: the process still exits, and a second SIGTERM does
-    # not wait at all.
+    # not wait at all (exit 1, with workers too).
     (tmp_path / "stuck_plugins.py").write_text(
         "import asyncio\n"
         "from aigw import hookimpl\n"
@@ -515,14 +572,17 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
             },
         },
     )
+    args = ("--port", str(free_port()), "--workers", "2") if workers > 1 else ()
     for signals in (1, 2):
-        proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)))
+        proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)), *args)
         assert proc.stderr is not None
         try:
             async with asyncio.timeout(TIMEOUT_S):  # a hang would end here, failing the test
-                await read_until(proc, SERVING)
+                for _ in range(workers):
+                    await read_until(proc, SERVING)
                 proc.send_signal(signal.SIGTERM)
-                await read_until(proc, re.compile("shutting down"))
+                for _ in range(workers):
+                    await read_until(proc, re.compile("shutting down"))
                 if signals == 2:
                     proc.send_signal(signal.SIGTERM)
                 rest = (await proc.stderr.read()).decode()
@@ -534,4 +594,5 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path) -> None:
         if signals == 1:
             assert rc == 0 and "did not shut down in time" in rest
         else:
-            assert rc == 1 and "exiting now" in rest
+            # One process leaves at once itself; a parent kills its workers and exits 1.
+            assert rc == 1 and ("exiting now" in rest or workers > 1)

@@ -105,6 +105,47 @@ async def test_handlers_see_the_app_and_response_signals_run(
     assert resolutions.of(app) == []
 
 
+async def test_each_request_has_a_match_info_of_its_own(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    resolutions: Resolutions,
+) -> None:
+    # A match info is a dict a handler may write to, as the router's fresh one per request is:
+    # nothing written for one request may show in the next.
+    app = web.Application()
+
+    async def api(request: web.Request) -> web.Response:
+        before = request.match_info.get("who")
+        request.match_info["who"] = request.headers["who"]
+        return web.Response(text=f"{before}")
+
+    app.router.add_route("*", "/v1/models", api)
+    dispatch.install(app, ["/v1/models"])
+    client = await aiohttp_client(app)
+    seen = [await (await client.get("/v1/models", headers={"who": w})).text() for w in "ab"]
+    assert seen == ["None", "None"]
+    assert resolutions.of(app) == []
+
+
+async def test_an_app_with_middlewares_keeps_them_on_the_api_routes(
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    resolutions: Resolutions,
+) -> None:
+    # Whoever embeds the app and adds a middleware (an auth check, say) gets it on every route.
+    @web.middleware
+    async def locked(request: web.Request, handler: Any) -> web.StreamResponse:
+        raise web.HTTPUnauthorized()
+
+    async def api(request: web.Request) -> web.Response:
+        return web.Response(text="api")
+
+    app = web.Application(middlewares=[locked])
+    app.router.add_route("*", "/v1/models", api)
+    dispatch.install(app, ["/v1/models"])
+    client = await aiohttp_client(app)
+    assert (await client.get("/v1/models")).status == 401
+    assert resolutions.of(app) == ["/v1/models"]
+
+
 async def test_a_route_registered_first_keeps_its_precedence(
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
     resolutions: Resolutions,
