@@ -505,11 +505,15 @@ async def test_a_worker_that_dies_stops_the_gateway_with_exit_1(launcher: tuple[
                 os.kill(pid, signal.SIGKILL)
 
 
+# A new pid namespace, whose first process is pid 1; --kill-child takes it down with unshare.
+UNSHARE_PID = ("unshare", "--pid", "--fork", "--kill-child")
+
+
 def can_unshare_pid() -> bool:
     """Whether this machine lets us start a process in a new pid namespace (as its pid 1)."""
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True, timeout=10)
+    probe = subprocess.run([*UNSHARE_PID, "true"], capture_output=True, timeout=10)
     return probe.returncode == 0
 
 
@@ -519,9 +523,8 @@ async def test_workers_serve_under_a_parent_that_is_pid_1() -> None:
     if not can_unshare_pid():
         pytest.skip("needs `unshare --pid` (root, or user namespaces)")
     port = free_port()
-    launcher = ("unshare", "--pid", "--fork", "--kill-child")
     args = ("--port", str(port), "--workers", "2")
-    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=launcher)
+    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=UNSHARE_PID)
     try:
         async with asyncio.timeout(TIMEOUT_S):
             for _ in range(2):
