@@ -1,11 +1,11 @@
 """Dispatching the gateway's API routes without a router lookup per request.
 
-aiohttp's ``Application._handle`` resolves every request through the router, building, linking
-and freezing a match-info object each time: about 14k instructions a request under callgrind,
-4% of an exact-cache hit. The API paths are few and fixed, so :func:`install` puts a dict lookup
-of the raw request target in front of it and calls the route's handler directly, with a match
-info of its own (a plain dict a handler may write to): ``request.app``, ``request.match_info``
-and ``on_response_prepare`` work as before.
+aiohttp's ``Application._handle`` resolves every request through the router (walking its path
+index, checking methods, looking for middlewares). The API paths are few and fixed, so
+:func:`install` puts a dict lookup of the raw request target in front of it and calls the
+route's handler directly, with a match info of its own (a plain dict a handler may write to):
+``request.app``, ``request.match_info`` and ``on_response_prepare`` work as before. Measured
+under callgrind: 7k instructions less per exact-cache hit (2%), 5k per miss.
 
 Anything the lookup does not match exactly takes aiohttp's own path, unchanged: a query string
 or a percent-encoded path (the raw target differs), an absolute-form target, a request with an
