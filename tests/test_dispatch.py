@@ -17,6 +17,13 @@ from tests.conftest import Gateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "dispatch?"}]}
 
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+
+async def api(request: web.Request) -> web.Response:
+    """The gateway's route for every method, in the small apps below."""
+    return web.Response(text="api")
+
 
 class Resolutions(list[tuple[web.UrlDispatcher, str]]):
     """What aiohttp's routers resolved, in order: (router, path)."""
@@ -82,20 +89,20 @@ async def test_expect_100_continue_is_answered(gateway: Gateway, resolutions: Re
 
 
 async def test_handlers_see_the_app_and_response_signals_run(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: ClientFactory,
     resolutions: Resolutions,
 ) -> None:
     app = web.Application()
     seen: list[str] = []
 
-    async def api(request: web.Request) -> web.Response:
+    async def noting(request: web.Request) -> web.Response:
         seen.append(f"{request.app is app} {request.match_info.route.resource.canonical}")
         return web.Response(text="api")
 
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["x-signal"] = "ran"
 
-    app.router.add_route("*", "/v1/models", api)
+    app.router.add_route("*", "/v1/models", noting)
     app.on_response_prepare.append(stamp)
     dispatch.install(app, ["/v1/models"])
     client = await aiohttp_client(app)
@@ -106,19 +113,19 @@ async def test_handlers_see_the_app_and_response_signals_run(
 
 
 async def test_each_request_has_a_match_info_of_its_own(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: ClientFactory,
     resolutions: Resolutions,
 ) -> None:
     # A match info is a dict a handler may write to, as the router's fresh one per request is:
     # nothing written for one request may show in the next.
     app = web.Application()
 
-    async def api(request: web.Request) -> web.Response:
+    async def writing(request: web.Request) -> web.Response:
         before = request.match_info.get("who")
         request.match_info["who"] = request.headers["who"]
         return web.Response(text=f"{before}")
 
-    app.router.add_route("*", "/v1/models", api)
+    app.router.add_route("*", "/v1/models", writing)
     dispatch.install(app, ["/v1/models"])
     client = await aiohttp_client(app)
     seen = [await (await client.get("/v1/models", headers={"who": w})).text() for w in "ab"]
@@ -127,16 +134,13 @@ async def test_each_request_has_a_match_info_of_its_own(
 
 
 async def test_an_app_with_middlewares_keeps_them_on_the_api_routes(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: ClientFactory,
     resolutions: Resolutions,
 ) -> None:
     # Whoever embeds the app and adds a middleware (an auth check, say) gets it on every route.
     @web.middleware
     async def locked(request: web.Request, handler: Any) -> web.StreamResponse:
         raise web.HTTPUnauthorized()
-
-    async def api(request: web.Request) -> web.Response:
-        return web.Response(text="api")
 
     app = web.Application(middlewares=[locked])
     app.router.add_route("*", "/v1/models", api)
@@ -147,7 +151,7 @@ async def test_an_app_with_middlewares_keeps_them_on_the_api_routes(
 
 
 async def test_a_route_registered_first_keeps_its_precedence(
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: ClientFactory,
     resolutions: Resolutions,
 ) -> None:
     # A plugin's GET /v1/models, registered before the gateway's route for every method: the
@@ -156,9 +160,6 @@ async def test_a_route_registered_first_keeps_its_precedence(
 
     async def plugin(request: web.Request) -> web.Response:
         return web.Response(text="plugin")
-
-    async def api(request: web.Request) -> web.Response:
-        return web.Response(text="api")
 
     app.router.add_get("/v1/models", plugin)
     app.router.add_route("*", "/v1/models", api)
