@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"aigw: configuration error:\n{err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C before the stop handlers were installed (start-up takes about half a second):
+        # what had started was shut down on the way out; the shell's code for an interrupt.
+        print("aigw: interrupted during start-up", file=sys.stderr)
+        return 130
 
 
 def _load(opts: argparse.Namespace) -> Config:
@@ -133,6 +138,10 @@ def serve(config: Config) -> int:
     # closed sentinel).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     mp = multiprocessing.get_context("spawn")
+    # Ignored dispositions survive exec: the workers ignore the terminal's Ctrl-C from their
+    # first instruction (a traceback otherwise, if it came while they started), and the parent
+    # stops them itself. A Ctrl-C while they are being spawned is not acted on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     procs = [
         mp.Process(target=_run_worker, args=(config, os.getpid()), name=f"aigw-worker-{i}")
         for i in range(g.workers)
@@ -222,8 +231,8 @@ def _run_worker(config: Config, parent: int | None) -> None:
         pass
     reuse_port = parent is not None
     if parent is not None:
-        # Ctrl-C reaches the parent, which terminates every worker with SIGTERM.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # SIGINT is ignored here (inherited from the parent, which stops the workers itself
+        # with SIGTERM).
         _follow_parent(parent)
     try:
         asyncio.run(_serve(config, reuse_port))

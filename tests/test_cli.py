@@ -270,9 +270,14 @@ def test_shipped_conf_with_openai_key(
 
 
 async def spawn_aigw(
-    conf: Path, env: dict[str, str], *args: str, launcher: tuple[str, ...] = ()
+    conf: Path,
+    env: dict[str, str],
+    *args: str,
+    launcher: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> asyncio.subprocess.Process:
-    """``[launcher] python -m aigw -c <conf> --port 0 [args]``, its stderr piped."""
+    """``[launcher] python -m aigw -c <conf> --port 0 [args]``, its stderr piped; with
+    ``new_session`` in a process group of its own, as a terminal's foreground job is."""
     return await asyncio.create_subprocess_exec(
         *launcher,
         sys.executable,
@@ -287,6 +292,7 @@ async def spawn_aigw(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        start_new_session=new_session,
     )
 
 
@@ -599,3 +605,75 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path, workers: 
         else:
             # One process leaves at once itself; a parent kills its workers and exits 1.
             assert rc == 1 and ("exiting now" in rest or workers > 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ctrl_c_during_start_up_stops_without_a_traceback(
+    tmp_path: Path, workers: int
+) -> None:
+    # The terminal's Ctrl-C reaches every process of the job while they start. One process is
+    # caught in a plugin's start-up that takes its time (a model loading, a backend slow to
+    # answer); workers as the interpreter starts them, before any of aigw's code runs in them.
+    (tmp_path / "slow_plugins.py").write_text(
+        "import asyncio, logging\n"
+        "from aigw import hookimpl\n"
+        "class Fine:\n"
+        "    @hookimpl\n"
+        "    async def shutdown(self):\n"
+        "        logging.getLogger('aigw').warning('Fine was shut down')\n"
+        "class Slow:\n"
+        "    @hookimpl\n"
+        "    async def startup(self, gateway):\n"
+        "        logging.getLogger('aigw').warning('Slow is starting')\n"
+        "        await asyncio.sleep(3600)\n",
+        encoding="utf-8",
+    )
+    conf = write_conf(
+        tmp_path / "conf.d",
+        {
+            "10-fine.yaml": {"plugin": "slow_plugins:Fine"},
+            "20-slow.yaml": {"plugin": "slow_plugins:Slow"},
+            "90-p.yaml": {
+                "plugin": "provider-proxy",
+                "config": {"providers": [{"name": "m", "type": "mock"}]},
+            },
+        },
+    )
+    args: tuple[str, ...] = ()
+    starting = re.compile("Slow is starting")
+    if workers > 1:
+        args = ("--port", str(free_port()), "--workers", "2")
+        # Run by each worker's interpreter at start-up, before aigw's code is imported (a
+        # Ctrl-C there once printed a KeyboardInterrupt traceback per worker).
+        (tmp_path / "sitecustomize.py").write_text(
+            "import signal, sys, time\n"
+            "if '--multiprocessing-fork' in sys.orig_argv:\n"
+            "    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
+            "    print('a worker is starting, Ctrl-C ignored:', ignored, file=sys.stderr,\n"
+            "          flush=True)\n"
+            "    time.sleep(3600)\n",
+            encoding="utf-8",
+        )
+        # The parent's SIGTERM may end a worker before its own Ctrl-C would have: check the
+        # disposition itself, not only the output.
+        starting = re.compile("a worker is starting, Ctrl-C ignored: True")
+    env = child_env(PYTHONPATH=str(tmp_path))
+    proc = await spawn_aigw(conf, env, *args, new_session=True)
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(workers):
+                await read_until(proc, starting)
+            os.killpg(proc.pid, signal.SIGINT)
+            rest = (await proc.stderr.read()).decode()
+            rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
+    if workers == 1:
+        assert rc == 130 and "interrupted during start-up" in rest
+        assert "Fine was shut down" in rest  # what had started is stopped on the way out
+    else:
+        assert rc == 0  # the parent stopped its workers, as asked
