@@ -165,6 +165,15 @@ class ExactCachePlugin:
         if not ctx.cache_lookup:
             ctx.cache_status = "skip"
             return None
+        joining = ctx.cache_store and cfg.single_flight
+        if joining and not self.store.local:
+            # Joined before a lookup that waits (Redis): it may read just before a leader's
+            # record is written and return just after its flight landed, and a request that
+            # looked up first would then find neither and go upstream again. (A memory lookup
+            # cannot interleave, so its hits skip the flight.)
+            state.leading = self.flights.lead(key)
+            if not state.leading:
+                return await self._follow(ctx, state)
         try:
             record = await self.store.get(key)
         except (StoreError, InvalidRecord) as err:
@@ -174,14 +183,19 @@ class ExactCachePlugin:
             if record.key == key:
                 log.info("cache hit for key: %s", ctx.cache_key)
                 try:
-                    return self._hit(ctx, record)
+                    reply = self._hit(ctx, record)
                 except Exception as err:  # a stored record decode() let through: a miss
                     self.failures.failed("lookup", f"cannot replay the stored record: {err!r}")
+                else:
+                    if state.leading:  # whoever joined meanwhile is served the same record
+                        state.leading = False
+                        self.flights.land(key, record)
+                    return reply
             else:
                 self.failures.failed("lookup", "stored record belongs to another key")
         log.info("cache miss for key: %s", ctx.cache_key)
         ctx.cache_status = "miss"
-        if ctx.cache_store and cfg.single_flight:
+        if joining and self.store.local:
             # The common case, nobody else asking the same, costs one dict insert.
             state.leading = self.flights.lead(key)
             if not state.leading:
@@ -190,7 +204,10 @@ class ExactCachePlugin:
 
     async def _follow(self, ctx: RequestContext, state: _State) -> Reply | None:
         """Wait for the leader of this key's flight and answer from its record; lead the
-        flight instead if the leader failed."""
+        flight instead if the leader failed. Until then the request counts as a miss."""
+        if ctx.cache_status is None:  # joined before looking up (a store that waits)
+            log.info("cache miss for key: %s (waiting for the identical request)", ctx.cache_key)
+            ctx.cache_status = "miss"
         deadline = time.monotonic() + self.config.single_flight_timeout_s
         while True:
             remaining = deadline - time.monotonic()

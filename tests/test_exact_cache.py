@@ -88,7 +88,10 @@ async def test_stream_served_from_a_non_stream_answer(gw: Gateway, upstream: Ups
     assert status == "hit" and text == ANSWER and upstream.llm.chat_calls == 1
     content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(content_chunks) > 1  # split like a real stream, not one giant frame
-    assert chunks[0].choices[0].delta.role == "assistant"
+    assert (chunks[0].choices[0].delta.role, chunks[0].choices[0].delta.content) == (
+        "assistant",
+        "",
+    )
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert {c.object for c in chunks} == {"chat.completion.chunk"}
@@ -132,6 +135,8 @@ async def test_tool_call_answer_replayed_with_its_tool_calls(
     assert [tc.model_dump() for tc in message.tool_calls] == TOOL_CALLS
     status, _, chunks = await ask_stream(gw)
     assert status == "hit"
+    opening = chunks[0].choices[0].delta  # as OpenAI opens a tool call: content null
+    assert (opening.role, opening.content) == ("assistant", None)
     args = "".join(
         tc.function.arguments or ""
         for c in chunks
@@ -173,6 +178,33 @@ async def test_a_change_that_matters_is_a_miss(
     await settle(gw)
     status, _ = await ask(gw, **change)
     assert status == "miss" and upstream.llm.chat_calls == 2
+
+
+async def test_a_request_too_deep_to_key_is_served_uncached(
+    gw: Gateway, upstream: Upstream
+) -> None:
+    # The deepest body the intake accepts (what orjson can still write): its key material
+    # nests it one level deeper. The cache steps aside rather than failing the request.
+    def body(depth: int) -> dict[str, Any]:
+        nested: Any = []
+        for _ in range(depth):
+            nested = [nested]
+        return {"model": "gpt-4o", "messages": MSG, "response_format": {"x": nested}}
+
+    depth = next(d for d in range(300, 0, -1) if _writable(body(d)))
+    for _ in range(2):
+        async with gw.http.post(gw.url("/v1/chat/completions"), json=body(depth)) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["x-aigw-cache"] == "skip"
+    assert upstream.llm.chat_calls == 2
+
+
+def _writable(obj: Any) -> bool:
+    try:
+        orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return False
+    return True
 
 
 async def test_key_reordered_body_hits(gw: Gateway, upstream: Upstream) -> None:
@@ -217,11 +249,13 @@ async def test_answer_a_replay_could_not_render_is_not_stored(
 
 async def test_refusal_is_stored_and_replayed(gw: Gateway, upstream: Upstream) -> None:
     upstream.llm.answer(refusal="I can't help with that.")
-    status, first, _ = await ask_stream(gw)
+    status, first, fresh = await ask_stream(gw)
     await settle(gw)
     status_json, hit = await ask(gw)
     status_stream, _, chunks = await ask_stream(gw)
     assert (status, status_json, status_stream) == ("miss", "hit", "hit")
+    # The replay opens as the upstream did: no text, so content null rather than "".
+    assert chunks[0].choices[0].delta == fresh[0].choices[0].delta
     assert hit.choices[0].message.refusal == "I can't help with that."
     assert hit.choices[0].message.content is None and first == ""
     refused = "".join(c.choices[0].delta.refusal or "" for c in chunks if c.choices)
@@ -329,9 +363,9 @@ async def test_scope_separates_consumers_unless_shared(
 
 
 async def test_fifty_concurrent_identical_requests_go_upstream_once(
-    make_gateway: GatewayFactory, upstream: Upstream
+    make_gateway: GatewayFactory, upstream: Upstream, store: dict[str, Any]
 ) -> None:
-    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    gw = await make_gateway(cache_conf(upstream, store))
     upstream.llm.hold()
 
     async def one(i: int) -> tuple[str | None, str]:
@@ -349,6 +383,49 @@ async def test_fifty_concurrent_identical_requests_go_upstream_once(
     assert {text for _, text in results} == {ANSWER}
     assert sorted(s for s, _ in results).count("miss") == 1
     assert [s for s, _ in results].count("hit") == 49
+
+
+async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    # Redis lookups wait: a second request's lookup can read before the leader's record is
+    # written and return after its flight landed. It must still be served from that record.
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    arrived, landed = asyncio.Event(), asyncio.Event()
+    lookups = 0
+    real_get, real_land, real_wait = cache.store.get, cache.flights.land, cache.flights.wait
+
+    async def get(key: str) -> Any:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            return await real_get(key)
+        arrived.set()
+        record = await real_get(key)  # read while the leader is still upstream: nothing yet
+        await landed.wait()  # ... and returning only once the leader's flight has landed
+        return record
+
+    def land(key: str, record: Any) -> None:
+        real_land(key, record)
+        landed.set()
+
+    async def wait(key: str, seconds: float) -> Any:
+        arrived.set()
+        return await real_wait(key, seconds)
+
+    cache.store.get, cache.flights.land, cache.flights.wait = get, land, wait
+    upstream.llm.hold()
+    leader = asyncio.create_task(ask(gw))
+    await upstream.llm.wait_for_calls(1)
+    second = asyncio.create_task(ask(gw))
+    await arrived.wait()
+    upstream.llm.release()
+    (status1, first), (status2, again) = await asyncio.gather(leader, second)
+    assert upstream.llm.chat_calls == 1
+    assert (status1, status2) == ("miss", "hit")
+    assert again.choices[0].message.content == first.choices[0].message.content == ANSWER
 
 
 async def test_leader_failure_lets_a_waiter_retry(
@@ -518,7 +595,15 @@ def _text_usage(stored: dict[str, Any]) -> bytes:
     return orjson.dumps({**stored, "response": {**stored["response"], "usage": "garbage"}})
 
 
-@pytest.mark.parametrize("damage", [_garbage, _nan_time, _text_usage])
+def _unwritable_usage(stored: dict[str, Any]) -> bytes:
+    # JSON that decode() accepts (orjson reads 1,024 levels) and a replay cannot write (254).
+    response = stored["response"]
+    marked = {**response, "usage": {**response["usage"], "extra": "@@"}}
+    deep = b'{"x":' * 300 + b"0" + b"}" * 300
+    return orjson.dumps({**stored, "response": marked}).replace(b'"@@"', deep)
+
+
+@pytest.mark.parametrize("damage", [_garbage, _nan_time, _text_usage, _unwritable_usage])
 async def test_garbage_in_redis_is_a_miss(
     make_gateway: GatewayFactory,
     upstream: Upstream,
@@ -538,11 +623,16 @@ async def test_garbage_in_redis_is_a_miss(
         assert 1700 < ttl <= 1800  # the default TTL applies
         stored = orjson.loads(await client.get(keys[0]))
         assert stored["response"]["choices"][0]["message"]["content"] == ANSWER
+        # A JSON and a streamed replay each meet the damage (each miss stores afresh).
         await client.set(keys[0], damage(stored))
+        status, completion = await ask(gw)
+        assert status == "miss" and completion.choices[0].message.content == ANSWER
+        await settle(gw)
+        await client.set(keys[0], damage(stored))
+        status, text, _ = await ask_stream(gw, stream_options={"include_usage": True})
+        assert status == "miss" and text == ANSWER
     finally:
         await client.aclose()
-    status, completion = await ask(gw)
-    assert status == "miss" and completion.choices[0].message.content == ANSWER
 
 
 async def test_slow_redis_is_bounded_by_the_timeout(

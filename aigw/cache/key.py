@@ -62,7 +62,8 @@ def question(payload: dict[str, Any], strategy: Strategy, key_from: str) -> Any:
 
 
 def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str) -> str | None:
-    """The hex SHA-256 key of a request, or ``None`` when the strategy finds nothing to key."""
+    """The hex SHA-256 key of a request, or ``None`` when the strategy finds nothing to key
+    (or the request is nested too deeply to be keyed)."""
     payload = ctx.payload
     if strategy == "conversation":
         picked = payload.get("messages")  # intake checked that it is a list of messages
@@ -87,4 +88,10 @@ def exact_key(ctx: RequestContext, scope: str, strategy: Strategy, key_from: str
         picked,
         {k: v for k, v in payload.items() if k not in NOT_KEYED},
     )
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        canonical = orjson.dumps(material, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # The material nests the request one level deeper than its body, which the intake
+        # only bounded by what orjson can write: the deepest requests cannot be keyed.
+        return None
+    return hashlib.sha256(canonical).hexdigest()

@@ -24,6 +24,8 @@ _TEXT: Final = (str, type(None))
 _FINISH_REASONS: Final = frozenset(
     {"stop", "length", "tool_calls", "content_filter", "function_call"}
 )
+#: Above any time a server could mean (and below orjson's 64-bit limit on integers).
+_MAX_TIME: Final = 2**53
 _TOKEN_COUNTS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
 # What a replay copies into the response head, and the types the openai client accepts there.
 _HEAD_TYPES: Final = (
@@ -63,7 +65,10 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
     """Keep what a replay needs from an upstream ``chat.completion``, drop the rest.
 
     Raises :class:`InvalidRecord` for a value a replay could not render (content that is not
-    text, say), checked here, as it is copied, rather than in a second pass over the answer.
+    text, no model name), checked here, as it is copied, rather than in a second pass over the
+    answer. What it returns, :func:`decode` accepts: a ``created`` that is not whole seconds
+    becomes them (the time now if missing), an ``id`` or ``system_fingerprint`` that is not
+    text becomes null, and malformed token counts are left out.
     """
     choices = []
     for choice in completion.get("choices") or ():
@@ -88,16 +93,35 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
         for call in kept.get("tool_calls") or ():
             _check_tool_call(call)
         choices.append({"index": index, "message": kept, "finish_reason": finish})
+    # The head as decode() demands it, so that what is stored in Redis can be read back.
+    model, created = completion.get("model"), completion.get("created")
+    if not isinstance(model, str):
+        raise InvalidRecord("answer without a model name")
+    if type(created) is not int or not 0 <= created < _MAX_TIME:
+        # Some servers send a float, or none at all; the openai client requires whole seconds.
+        if isinstance(created, float) and 0 <= created < _MAX_TIME:  # NaN is not
+            created = int(created)
+        else:
+            created = int(time.time())
     out = {
-        "id": completion.get("id"),
-        "model": completion.get("model"),
-        "created": completion.get("created"),
-        "system_fingerprint": completion.get("system_fingerprint"),
+        "id": _text_or_none(completion.get("id")),  # replaced by a fresh id anyway
+        "model": model,
+        "created": created,
+        "system_fingerprint": _text_or_none(completion.get("system_fingerprint")),
         "choices": choices,
     }
-    if completion.get("usage"):
-        out["usage"] = completion["usage"]
+    usage = completion.get("usage")
+    if usage:
+        try:
+            _check_usage(usage)
+            out["usage"] = usage
+        except InvalidRecord:
+            pass  # malformed token counts: the answer is kept without them
     return out
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def make_record(completion: dict[str, Any], key: str, scope: str, ttl: int) -> CacheRecord:

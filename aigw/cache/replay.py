@@ -79,7 +79,10 @@ def stream_chunks(record: CacheRecord, include_usage: bool, piece_chars: int) ->
 
     for choice in r["choices"]:
         i, message = choice["index"], choice["message"]
-        yield chunk(i, {"role": "assistant", "content": ""})
+        # As OpenAI: "" when text follows, null for an answer of tool calls or a refusal.
+        yield chunk(
+            i, {"role": "assistant", "content": None if message.get("content") is None else ""}
+        )
         for field in ("reasoning_content", "content", "refusal"):
             for piece in _pieces(message.get(field), piece_chars):
                 yield chunk(i, {field: piece})
@@ -106,7 +109,7 @@ def _pieces(text: Any, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-async def _iterate(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _iterate(chunks: list[bytes]) -> AsyncIterator[bytes]:
     for c in chunks:
         yield c
 
@@ -121,5 +124,7 @@ def replay(
     """A :class:`Reply` serving ``record`` as JSON or as an SSE stream."""
     if not stream:
         return Reply(body=completion_body(record), headers=headers)
-    chunks = stream_chunks(record, include_usage, piece_chars)
+    # Every event is encoded now, before anything is sent: a record that cannot be (a value
+    # from Redis that decode() let through) is then a miss, not a stream cut short.
+    chunks = list(stream_chunks(record, include_usage, piece_chars))
     return Reply(stream=_iterate(chunks), content_type=SSE_CT, headers=headers)

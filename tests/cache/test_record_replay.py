@@ -130,7 +130,7 @@ def test_normalise_drops_junk(name: str) -> None:
 
 
 def test_normalise_fills_role_and_content_and_skips_missing_usage() -> None:
-    r = normalise({"id": "x", "choices": [{"message": {"tool_calls": TOOL_CALLS}}]})
+    r = normalise({"id": "x", "model": "m", "choices": [{"message": {"tool_calls": TOOL_CALLS}}]})
     assert "usage" not in r
     assert r["choices"] == [
         {
@@ -147,7 +147,7 @@ def test_normalise_fills_role_and_content_and_skips_missing_usage() -> None:
 
 
 def test_normalised_message_keeps_openai_key_order() -> None:
-    r = normalise({"choices": [{"message": {"content": "hi", "role": "assistant"}}]})
+    r = normalise({"model": "m", "choices": [{"message": {"content": "hi", "role": "assistant"}}]})
     assert list(r["choices"][0]["message"]) == ["role", "content", "refusal"]
 
 
@@ -280,6 +280,41 @@ def test_a_damaged_record_only_raises_invalid_record(
     assert usage is None or dict(usage) == usage
     ChatCompletion.model_validate_json(completion_body(record))
     assert list(stream_chunks(record, include_usage=True, piece_chars=4))[-1] == DONE_EVENT
+
+
+@FAST
+@given(
+    field=st.sampled_from(["id", "model", "created", "system_fingerprint", "usage"]),
+    value=json_values | st.floats(),
+    drop=st.booleans(),
+)
+def test_what_make_record_stores_decode_reads_back(field: str, value: Any, drop: bool) -> None:
+    # A record Redis holds is read back through decode(): an answer make_record accepts but
+    # decode() refuses would be written on every miss and refused on every lookup.
+    upstream = copy.deepcopy(PLAIN)
+    if drop:
+        del upstream[field]
+    else:
+        upstream[field] = value
+    try:
+        record = record_of(upstream)
+    except InvalidRecord:
+        assert field == "model"  # only an answer without a model name is refused
+        return
+    back = decode(encode(record))
+    assert back.response == record.response
+    assert back.response["choices"] == normalise(PLAIN)["choices"]
+
+
+def test_a_head_decode_would_refuse_is_repaired() -> None:
+    before = int(time.time())
+    for created, expected in ((1_700_000_000.7, 1_700_000_000), (None, None), ("soon", None)):
+        r = normalise({**PLAIN, "created": created, "id": 7, "system_fingerprint": ["x"]})
+        assert r["created"] == expected if expected else before <= r["created"] <= time.time()
+        assert (r["id"], r["system_fingerprint"]) == (None, None)
+    assert "usage" not in normalise({**PLAIN, "usage": {"total_tokens": "many"}})
+    with pytest.raises(InvalidRecord):
+        normalise({**PLAIN, "model": None})
 
 
 @pytest.mark.parametrize(
@@ -428,7 +463,7 @@ def test_stream_of_plain_content(include_usage: bool) -> None:
 def test_stream_of_tool_calls() -> None:
     chunks = chunks_of(record_of(TOOLS), include_usage=False, piece_chars=5)
     ds = deltas(chunks)
-    assert ds[0] == {"role": "assistant", "content": ""}
+    assert ds[0] == {"role": "assistant", "content": None}  # as OpenAI opens a tool call
     assert ds[-1] == {}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
     calls = [d["tool_calls"] for d in ds if "tool_calls" in d]
