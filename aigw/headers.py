@@ -95,10 +95,11 @@ def _kept(
 
 def upstream_headers(incoming: Mapping[str, str]) -> dict[str, str]:
     """The client's headers that may go upstream."""
-    connection = incoming.get("connection", "")
-    if connection:
-        # Headers named in Connection are hop-by-hop for this hop only.
-        dropped = NOT_UPSTREAM.union(h.strip().lower() for h in connection.split(","))
+    if incoming.get("connection"):
+        # Headers named in Connection are hop-by-hop for this hop only, on every Connection
+        # line (a client may send several).
+        named = (v for k, v in incoming.items() if k.lower() == "connection")
+        dropped = NOT_UPSTREAM.union(h.strip().lower() for v in named for h in v.split(","))
         return {k: v for k, v in incoming.items() if k.lower() not in dropped}
     return _kept(incoming, NOT_UPSTREAM, _to_upstream)
 

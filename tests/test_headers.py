@@ -26,6 +26,18 @@ def test_a_name_listed_in_connection_is_dropped_even_after_it_was_forwarded() ->
     assert h.upstream_headers(incoming(("X-Hop", "a"))) == {"X-Hop": "a"}  # only for that hop
 
 
+def test_names_on_every_connection_line_are_dropped() -> None:
+    got = h.upstream_headers(
+        incoming(
+            ("Connection", "close"),
+            ("connection", "x-secret-hop"),
+            ("X-Secret-Hop", "leaked?"),
+            ("X-Kept", "b"),
+        )
+    )
+    assert got == {"X-Kept": "b"}
+
+
 def test_the_memo_is_bounded_and_names_past_it_are_still_filtered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
