@@ -93,7 +93,15 @@ class Pipeline:
                 ctx.error = err
                 reply = Reply.from_error(GatewayError("internal error in the gateway"))
             if reply is not None:
-                assert isinstance(reply, Reply), f"{name}.on_request returned {reply!r}"
+                if not isinstance(reply, Reply):
+                    log.error(
+                        "request %s: plugin %s returned %r from on_request, not a Reply",
+                        ctx.request_id,
+                        name,
+                        type(reply).__name__,
+                    )
+                    ctx.error = TypeError(f"{name}.on_request returned {type(reply).__name__}")
+                    reply = Reply.from_error(GatewayError("internal error in the gateway"))
                 ctx.reply, ctx.replied_by = reply, name
                 ctx.passed_on = self._passed_on[self._index[name]]
                 return reply

@@ -78,9 +78,19 @@ async def _send_body(
         except Exception as err:
             reply = _error_reply(ctx, err, "on_response_chunk")
             body, ctx.status = reply.body, reply.status
-    resp = web.Response(
-        status=ctx.status, body=body, headers=reply.headers, content_type=reply.content_type
-    )
+    try:
+        resp = web.Response(
+            status=ctx.status, body=body, headers=reply.headers, content_type=reply.content_type
+        )
+    except ValueError as err:  # a plugin's reply aiohttp refuses (a Content-Type header, say)
+        reply = _error_reply(ctx, err, f"building {ctx.replied_by}'s reply")
+        ctx.status = reply.status
+        resp = web.Response(
+            status=ctx.status,
+            body=reply.body,
+            headers=reply.headers,
+            content_type=reply.content_type,
+        )
     _add_headers(ctx, resp.headers)
     ctx.first_byte_at = time.perf_counter()
     try:

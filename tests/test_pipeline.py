@@ -46,6 +46,7 @@ class RecorderConfig(Settings):
     ready_problem: str | None = None
     degraded: str | None = None
     fail_startup: bool = False
+    bad_reply: str | None = None
 
 
 class Recorder:
@@ -65,6 +66,10 @@ class Recorder:
     @hookimpl
     async def on_request(self, ctx):
         self.hit("request")
+        if self.c.bad_reply == "not a Reply":
+            return {"answered_by": self.label}
+        if self.c.bad_reply == "Content-Type twice":
+            return Reply(body=b"{}", headers={"Content-Type": "application/json"})
         if self.c.reply:
             return Reply.json({"answered_by": self.label}, status=203)
         return None
@@ -242,6 +247,21 @@ async def test_exception_becomes_openai_error(
     assert phase(recorder, "request") == ["A", "B"]
     assert phase(recorder, "headers") == ["A"]  # B raised: it did not pass the request on
     assert sorted(phase(recorder, f"log:{status}")) == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("bad_reply", ["not a Reply", "Content-Type twice"])
+async def test_a_reply_that_cannot_be_sent_becomes_openai_error(
+    make_gateway: GatewayFactory, recorder: ModuleType, bad_reply: str
+) -> None:
+    gw = await make_gateway(conf(recorder, B={"bad_reply": bad_reply}))
+    async with gw.http.post(
+        gw.url("/v1/chat/completions"), json=CHAT, headers={"x-request-id": "req-7"}
+    ) as resp:
+        status, headers, body = resp.status, resp.headers, await resp.read()
+    assert status == 500 and headers["x-request-id"] == "req-7"
+    err = orjson.loads(body)["error"]
+    assert set(err) == {"message", "type", "code", "param"} and err["type"] == "server_error"
+    assert sorted(phase(recorder, "log:500")) == ["A", "B", "C"]  # the status the client saw
 
 
 async def test_on_log_runs_for_input_rejected_by_the_core(
