@@ -252,10 +252,11 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         app,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call
         access_log=None,
-        # aiohttp waits this long for in-flight requests, then cancels them and waits up to as
-        # long again for them to end: in-flight requests get half the budget, the write-backs
-        # and the plugins' shutdown what is left of it (gateway.shutdown_left()).
-        shutdown_timeout=g.shutdown_timeout_s / 2,
+        # aiohttp (3.10 and later) waits this long for in-flight requests to finish, then as
+        # long again (failing only their request bodies) before it cancels them. Two quarters
+        # give in-flight requests, streams included, half the budget; the write-backs and the
+        # plugins' shutdown get what is left of it (gateway.shutdown_left()).
+        shutdown_timeout=g.shutdown_timeout_s / 4,
     )
     try:
         await runner.setup()  # inside: plugins started before a failing one are shut down

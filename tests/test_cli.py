@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -473,6 +474,15 @@ def test_workers_refuse_a_port_already_in_use(capsys: pytest.CaptureFixture[str]
     assert rc == 1
 
 
+async def read_port(proc: asyncio.subprocess.Process) -> int:
+    """Read the process's stderr up to its "serving" line; the port it serves on."""
+    assert proc.stderr is not None
+    while line := (await proc.stderr.readline()).decode():
+        if m := SERVING.search(line):
+            return int(m.group(1))
+    pytest.fail("aigw's output ended before it served")
+
+
 async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str]) -> None:
     """Read the process's stderr up to a line matching ``pattern``; fail if it ends first."""
     assert proc.stderr is not None
@@ -677,3 +687,53 @@ async def test_ctrl_c_during_start_up_stops_without_a_traceback(
         assert "Fine was shut down" in rest  # what had started is stopped on the way out
     else:
         assert rc == 0  # the parent stopped its workers, as asked
+
+
+async def test_in_flight_streams_get_half_the_shutdown_budget(tmp_path: Path) -> None:
+    # A stream far longer than the budget: cut at half of it, so the write-backs and the
+    # plugins still have the other half (it once ran on to the whole budget).
+    budget = 4.0
+    conf = write_conf(
+        tmp_path / "conf.d",
+        {
+            "00-gateway.yaml": {"gateway": {"shutdown_timeout_s": budget}},
+            "90-p.yaml": {
+                "plugin": "provider-proxy",
+                "config": {
+                    "providers": [
+                        {"name": "m", "type": "mock", "mock": {"chunks": 600, "chunk_delay_ms": 50}}
+                    ]
+                },
+            },
+        },
+    )
+    proc = await spawn_aigw(conf, child_env())
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            port = await read_port(proc)
+            long_question = " ".join(["word"] * 600)  # the mock echoes it: 600 chunks
+            body = {
+                "model": "m",
+                "stream": True,
+                "messages": [{"role": "user", "content": long_question}],
+            }
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                async with http.post(url, json=body) as resp:
+                    assert resp.status == 200
+                    await resp.content.readline()  # the stream is under way
+                    loop = asyncio.get_running_loop()
+                    signalled = loop.time()
+                    proc.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(aiohttp.ClientError):
+                        while await resp.content.readline():
+                            pass
+                    cut_after = loop.time() - signalled
+            rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert rc == 0
+    assert budget / 2 - 0.5 < cut_after < budget / 2 + 1.2, cut_after
