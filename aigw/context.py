@@ -147,6 +147,7 @@ class RequestContext:
     completion: dict[str, Any] | None
     #: True once the response was written to the client in full.
     complete: bool
+    #: When the answer's first byte went out (a stream's first event, not a keep-alive).
     first_byte_at: float | None
     finished_at: float | None
     error: BaseException | None

@@ -103,7 +103,8 @@ async def on_response_headers(ctx: RequestContext, reply: Reply) -> None:
 async def on_response_chunk(ctx: RequestContext, chunk: bytes) -> bytes | None:
     """See each chunk of the response body on its way to the client. Reverse order.
 
-    A whole-body reply is one chunk; a stream yields one chunk per SSE event. Return ``None``
+    A whole-body reply is one chunk; a stream yields one chunk per SSE event, and one per
+    comment line the upstream sends between events (``: keep-alive``). Return ``None``
     to pass the chunk on unchanged, or bytes to replace it. The headers are already sent:
     raising stops the response (the client sees a cut-off body) and is logged.
     """

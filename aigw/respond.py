@@ -121,7 +121,7 @@ async def _send_stream(
     try:
         await resp.prepare(ctx.request)
         async for chunk in reply.stream:
-            if ctx.first_byte_at is None:
+            if ctx.first_byte_at is None and not chunk.startswith(b":"):  # not a keep-alive
                 ctx.first_byte_at = time.perf_counter()
             if chains.chunk:
                 chunk = await pipeline.response_chunk(ctx, chunk, chains)

@@ -3,7 +3,8 @@
 The parser follows the HTML SSE rules that trip up simpler gateways: LF, CR and CRLF line ends;
 comment lines (``: keep-alive``); ``event:``/``id:``/``retry:`` fields; multi-line ``data``;
 and UTF-8 characters or lines split across network reads (it works on bytes and only decodes
-whole lines).
+whole lines). A comment between events comes out as an event of its own (:data:`COMMENT`), so
+a proxy can pass on the keep-alives a server sends while a request waits in its queue.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any, Final
 import orjson
 
 DONE: Final = b"data: [DONE]\n\n"
+#: The ``event`` of a comment line (``: keep-alive``) seen between events; its ``data`` is the
+#: whole line. A field name cannot start with a colon, so no server's event is named so.
+COMMENT: Final = ":"
 
 
 @dataclass(slots=True)
@@ -54,6 +58,8 @@ class SSEParser:
                 self._data, self._event = [], "message"
             elif line[0] != 0x3A:  # ':' starts a comment
                 self._field(line)
+            elif not self._data:  # inside an event, a comment stays part of it (dropped)
+                events.append(Event(line, COMMENT))
         return events
 
     def _field(self, line: bytes) -> None:

@@ -56,7 +56,9 @@ class Behaviour:
     """What the fake does for one request; fields combine (e.g. delay, then fail).
 
     ``status`` -> OpenAI error body with that status (and ``headers``). ``delay_s`` waits
-    before sending headers. ``drop_after_chunks`` sends that many SSE events, then closes
+    before sending headers. ``keepalives`` sends that many SSE comments (``: keep-alive``, as
+    DeepSeek or OpenRouter do while a request is queued) before a stream's first event.
+    ``drop_after_chunks`` sends that many SSE events, then closes
     the connection without ``[DONE]`` (a non-stream request gets the connection closed with
     no response). ``content``/``tool_calls``/``reasoning_content``/``refusal``/``finish_reason``
     override the answer. ``endpoints``: the request kinds that may consume this behaviour.
@@ -78,6 +80,7 @@ class Behaviour:
     chunk_delay_s: float | None = None
     first_token_delay_s: float | None = None
     stall_body_s: float = 0.0
+    keepalives: int = 0
     endpoints: frozenset[str] = GENERATION
 
 
@@ -505,6 +508,8 @@ class FakeLLM:
         chunk_delay = self.chunk_delay_s if beh.chunk_delay_s is None else beh.chunk_delay_s
         try:
             await resp.prepare(request)
+            for _ in range(beh.keepalives):
+                await resp.write(b": keep-alive\n\n")
             for i, event in enumerate(events):
                 if beh.drop_after_chunks is not None and i >= beh.drop_after_chunks:
                     resp.force_close()

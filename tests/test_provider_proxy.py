@@ -59,6 +59,24 @@ async def test_stream_events_pass_through_one_by_one(
     assert arrivals[-1] - arrivals[0] >= 0.1
 
 
+async def test_keep_alive_comments_reach_the_client(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # A server keeping a queued request alive with SSE comments: the client (and any idle
+    # timeout in front of the gateway) sees them as it would directly.
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream)})
+    upstream.llm.script(Behaviour(keepalives=2))
+    body = {"model": "m", "messages": MSG, "stream": True}
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=body) as resp:
+        raw = await resp.read()
+    assert raw.startswith(b": keep-alive\n\n: keep-alive\n\ndata: {")
+    assert raw.endswith(b"data: [DONE]\n\n")
+    upstream.llm.script(Behaviour(keepalives=2))
+    stream = await gw.openai.chat.completions.create(model="m", messages=MSG, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "echo[m]: hello there world"
+
+
 async def test_models_and_embeddings(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     gw = await make_gateway(
         {"90-p.yaml": provider_file(upstream, models=["gpt-4o", "text-embedding-3-small"])}

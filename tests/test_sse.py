@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigw.completion import StreamAssembler
-from aigw.sse import DONE, Event, SSEParser, encode
+from aigw.sse import COMMENT, DONE, Event, SSEParser, encode
 
 
 def feed_all(pieces: list[bytes]) -> list[Event]:
@@ -77,11 +77,14 @@ def test_partial_event_waits_for_the_blank_line() -> None:
     assert parser.feed(b"\n") == [Event(b"x\ny")]
 
 
-def test_comments_are_ignored() -> None:
+def test_comments_between_events_are_events_of_their_own_and_inside_one_are_dropped() -> None:
     parser = SSEParser()
-    assert parser.feed(b": keep-alive\n\n") == []
-    assert parser.feed(b":\n\n") == []
-    assert parser.feed(b": OPENROUTER PROCESSING\ndata: x\n: data: not-data\n\n") == [Event(b"x")]
+    assert parser.feed(b": keep-alive\n\n") == [Event(b": keep-alive", COMMENT)]
+    assert parser.feed(b":\n\n") == [Event(b":", COMMENT)]
+    assert parser.feed(b": OPENROUTER PROCESSING\ndata: x\n: data: not-data\n\n") == [
+        Event(b": OPENROUTER PROCESSING", COMMENT),
+        Event(b"x"),
+    ]
 
 
 def test_event_and_id_fields() -> None:
@@ -157,7 +160,8 @@ _eol = st.sampled_from([b"\n", b"\r", b"\r\n"])
 
 @st.composite
 def sse_streams(draw: st.DrawFn) -> tuple[bytes, list[Event]]:
-    """A valid stream with mixed line ends, and the events it must produce."""
+    """A valid stream with mixed line ends, and the events it must produce (a comment before
+    an event's first data line is an event of its own; after it, part of the event)."""
     lines: list[bytes] = []
     expected: list[Event] = []
     for _ in range(draw(st.integers(0, 5))):
@@ -172,6 +176,8 @@ def sse_streams(draw: st.DrawFn) -> tuple[bytes, list[Event]]:
         if draw(st.booleans()):
             block.insert(draw(st.integers(0, len(block))), b"id: " + draw(_text).encode())
         lines.extend([*block, b""])
+        before_data = block[: next((i for i, b in enumerate(block) if b.startswith(b"data")), None)]
+        expected.extend(Event(b, COMMENT) for b in before_data if b.startswith(b":"))
         if data:
             expected.append(Event("\n".join(data).encode(), name or "message"))
     out = b""

@@ -1,7 +1,8 @@
 """Turning an upstream answer into the client's reply, and recording what it was.
 
-Streams are relayed event by event as they arrive (the first token is not held back), parsed on
-the way so the gateway knows the usage and can rebuild the whole answer for the caches. The
+Streams are relayed event by event as they arrive (the first token is not held back; the
+server's keep-alive comments too), parsed on the way so the gateway knows the usage and can
+rebuild the whole answer for the caches. The
 usage-only chunk the proxy asked for is dropped unless the client asked for it too. A stream
 that ends before ``[DONE]`` or breaks is an :class:`~aigw.errors.UpstreamError`: the client
 sees an error event and the answer is never marked complete.
@@ -18,7 +19,7 @@ import orjson
 from aigw.completion import StreamAssembler
 from aigw.context import RequestContext
 from aigw.errors import UpstreamError, UpstreamTimeout, error_body
-from aigw.sse import DONE, SSEParser
+from aigw.sse import COMMENT, DONE, SSEParser
 
 
 async def relay_stream(
@@ -31,6 +32,11 @@ async def relay_stream(
         async for raw in source:
             for event in parser.feed(raw):
                 data = event.data
+                if event.event == COMMENT:
+                    # A keep-alive: passed on, so that idle timeouts between the client and
+                    # the gateway see the same activity as a direct connection would.
+                    yield data + b"\n\n"
+                    continue
                 if data == b"[DONE]":
                     if assembler is not None and assembler.finished:
                         ctx.completion = assembler.result()
