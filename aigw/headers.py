@@ -95,7 +95,7 @@ def _kept(
 
 def upstream_headers(incoming: Mapping[str, str]) -> dict[str, str]:
     """The client's headers that may go upstream."""
-    if incoming.get("connection"):
+    if "connection" in incoming:  # any Connection line, the first may be empty
         # Headers named in Connection are hop-by-hop for this hop only, on every Connection
         # line (a client may send several).
         named = (v for k, v in incoming.items() if k.lower() == "connection")

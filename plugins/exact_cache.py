@@ -174,32 +174,36 @@ class ExactCachePlugin:
             state.leading = self.flights.lead(key)
             if not state.leading:
                 return await self._follow(ctx, state)
-        try:
-            record = await self.store.get(key)
-        except (StoreError, InvalidRecord) as err:
-            self.failures.failed("lookup", err)
-            record = None
-        if record is not None:
-            if record.key == key:
-                log.info("cache hit for key: %s", ctx.cache_key)
-                try:
-                    reply = self._hit(ctx, record)
-                except Exception as err:  # a stored record decode() let through: a miss
-                    self.failures.failed("lookup", f"cannot replay the stored record: {err!r}")
-                else:
-                    if state.leading:  # whoever joined meanwhile is served the same record
-                        state.leading = False
-                        self.flights.land(key, record)
-                    return reply
-            else:
-                self.failures.failed("lookup", "stored record belongs to another key")
-        log.info("cache miss for key: %s", ctx.cache_key)
-        ctx.cache_status = "miss"
-        if joining and self.store.local:
+        reply = await self._lookup(ctx, state)
+        if reply is None and joining and self.store.local:
             # The common case, nobody else asking the same, costs one dict insert.
             state.leading = self.flights.lead(key)
             if not state.leading:
                 return await self._follow(ctx, state)
+        return reply
+
+    async def _lookup(self, ctx: RequestContext, state: _State) -> Reply | None:
+        """A hit from the store, or ``None`` and a miss. A leading request's hit lands its
+        flight, so whoever joined it meanwhile is served the same record."""
+        try:
+            record = await self.store.get(state.key)
+        except (StoreError, InvalidRecord) as err:
+            self.failures.failed("lookup", err)
+            record = None
+        if record is not None:
+            if record.key == state.key:
+                reply = self._replay(ctx, record)
+                if reply is not None:
+                    log.info("cache hit for key: %s", ctx.cache_key)
+                    if state.leading:
+                        state.leading = False
+                        self.flights.land(state.key, record)
+                    return reply
+            else:
+                self.failures.failed("lookup", "stored record belongs to another key")
+        if ctx.cache_status != "miss":  # a follower leading now was counted when it joined
+            log.info("cache miss for key: %s", ctx.cache_key)
+            ctx.cache_status = "miss"
         return None
 
     async def _follow(self, ctx: RequestContext, state: _State) -> Reply | None:
@@ -215,14 +219,31 @@ class ExactCachePlugin:
                 return None  # waited long enough: go upstream without coalescing
             landed = await self.flights.wait(state.key, remaining)
             if isinstance(landed, CacheRecord):
-                self.stats["coalesced"] += 1
-                log.info("cache hit for key: %s (waited for the identical request)", ctx.cache_key)
-                return self._hit(ctx, landed)
+                # Replayed in this request's shape, which may fail where the leader's did not
+                # (a damaged record from Redis): then this one goes upstream on its own.
+                reply = self._replay(ctx, landed)
+                if reply is not None:
+                    self.stats["coalesced"] += 1
+                    log.info(
+                        "cache hit for key: %s (waited for the identical request)", ctx.cache_key
+                    )
+                return reply
             if landed is PROCEED:
                 return None
             state.leading = self.flights.lead(state.key)
             if state.leading:
-                return None
+                # The leader failed, or its client left, maybe before its lookup ended: with a
+                # store that waits, this request has not looked up yet.
+                return None if self.store.local else await self._lookup(ctx, state)
+
+    def _replay(self, ctx: RequestContext, record: CacheRecord) -> Reply | None:
+        """:meth:`_hit`, or ``None`` (a miss, counted as a failure) for a record that cannot
+        be replayed."""
+        try:
+            return self._hit(ctx, record)
+        except Exception as err:  # a stored record decode() let through
+            self.failures.failed("lookup", f"cannot replay the stored record: {err!r}")
+            return None
 
     def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
         usage = record.response.get("usage")

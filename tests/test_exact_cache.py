@@ -428,6 +428,98 @@ async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again
     assert again.choices[0].message.content == first.choices[0].message.content == ANSWER
 
 
+async def stored_key(redis_url: str, key_prefix: str) -> tuple[bytes, dict[str, Any]]:
+    """The one key under ``key_prefix`` and its stored record."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        [key] = [k async for k in client.scan_iter(match=f"{key_prefix}*")]
+        return key, orjson.loads(await client.get(key))
+    finally:
+        await client.aclose()
+
+
+async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    # A damaged record from Redis that a streamed replay can serve (it leaves annotations
+    # out) and a JSON replay cannot (too deep to write): the streaming leader hits, and its
+    # JSON follower is a miss served from upstream, not a 500.
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    await ask(gw)
+    await settle(gw)
+    key, stored = await stored_key(redis_url, key_prefix)
+    stored["response"]["choices"][0]["message"]["annotations"] = "@@"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        await client.set(key, orjson.dumps(stored).replace(b'"@@"', b"[" * 300 + b"]" * 300))
+    finally:
+        await client.aclose()
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    looking, joined, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_get, real_wait = cache.store.get, cache.flights.wait
+
+    async def get(key: str) -> Any:
+        looking.set()
+        await go.wait()  # the leader's lookup lasts until the follower has joined
+        return await real_get(key)
+
+    async def wait(key: str, seconds: float) -> Any:
+        joined.set()
+        return await real_wait(key, seconds)
+
+    cache.store.get, cache.flights.wait = get, wait
+    leader = asyncio.create_task(ask_stream(gw))
+    await looking.wait()
+    follower = asyncio.create_task(ask(gw))
+    await joined.wait()
+    go.set()
+    (status1, text, _), (status2, completion) = await asyncio.gather(leader, follower)
+    assert (status1, text) == ("hit", ANSWER)
+    assert (status2, completion.choices[0].message.content) == ("miss", ANSWER)
+    assert upstream.llm.chat_calls == 2
+
+
+async def test_a_follower_of_a_leader_gone_during_its_lookup_looks_up_itself(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    # The leader's client leaves while its Redis lookup is under way: the follower that takes
+    # over looks the answer up, which is there, instead of going upstream for it.
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    await ask(gw)
+    await settle(gw)
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    looking, joined = asyncio.Event(), asyncio.Event()
+    leader_task: asyncio.Task[Any] | None = None
+    real_get, real_wait = cache.store.get, cache.flights.wait
+
+    async def get(key: str) -> Any:
+        nonlocal leader_task
+        if leader_task is None:
+            leader_task = asyncio.current_task()
+            looking.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await real_get(key)
+
+    async def wait(key: str, seconds: float) -> Any:
+        joined.set()
+        return await real_wait(key, seconds)
+
+    cache.store.get, cache.flights.wait = get, wait
+    leader = asyncio.create_task(ask(gw))
+    await looking.wait()
+    follower = asyncio.create_task(ask(gw))
+    await joined.wait()
+    assert leader_task is not None
+    leader_task.cancel()  # as aiohttp cancels the handler of a client that disconnected
+    with pytest.raises(openai.APIError):
+        await leader
+    status, completion = await follower
+    assert (status, completion.choices[0].message.content) == ("hit", ANSWER)
+    assert upstream.llm.chat_calls == 1
+
+
 async def test_leader_failure_lets_a_waiter_retry(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:

@@ -26,10 +26,11 @@ def test_a_name_listed_in_connection_is_dropped_even_after_it_was_forwarded() ->
     assert h.upstream_headers(incoming(("X-Hop", "a"))) == {"X-Hop": "a"}  # only for that hop
 
 
-def test_names_on_every_connection_line_are_dropped() -> None:
+@pytest.mark.parametrize("first_line", ["close", ""])
+def test_names_on_every_connection_line_are_dropped(first_line: str) -> None:
     got = h.upstream_headers(
         incoming(
-            ("Connection", "close"),
+            ("Connection", first_line),
             ("connection", "x-secret-hop"),
             ("X-Secret-Hop", "leaked?"),
             ("X-Kept", "b"),
