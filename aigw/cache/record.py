@@ -26,7 +26,7 @@ _FINISH_REASONS: Final = frozenset(
 )
 #: Above any time a server could mean (and below orjson's 64-bit limit on integers).
 _MAX_TIME: Final = 2**53
-_TOKEN_COUNTS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
+_DETAILS: Final = ("prompt_tokens_details", "completion_tokens_details")
 # What a replay copies into the response head, and the types the openai client accepts there.
 _HEAD_TYPES: Final = (
     ("id", _TEXT),  # replaced by a fresh id anyway
@@ -103,11 +103,12 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
             created = int(created)
         else:
             created = int(time.time())
+    rid, fingerprint = completion.get("id"), completion.get("system_fingerprint")
     out = {
-        "id": _text_or_none(completion.get("id")),  # replaced by a fresh id anyway
+        "id": rid if isinstance(rid, str) else None,  # replaced by a fresh id anyway
         "model": model,
         "created": created,
-        "system_fingerprint": _text_or_none(completion.get("system_fingerprint")),
+        "system_fingerprint": fingerprint if isinstance(fingerprint, str) else None,
         "choices": choices,
     }
     usage = completion.get("usage")
@@ -118,10 +119,6 @@ def normalise(completion: dict[str, Any]) -> dict[str, Any]:
         except InvalidRecord:
             pass  # malformed token counts: the answer is kept without them
     return out
-
-
-def _text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 def make_record(completion: dict[str, Any], key: str, scope: str, ttl: int) -> CacheRecord:
@@ -175,16 +172,25 @@ def _check_choice(choice: Any) -> None:
 
 def _check_usage(usage: Any) -> None:
     """OpenAI's usage shape: three token counts, optional objects of detailed counts."""
+    # Spelt out, without generators: it runs for every answer stored and every Redis hit.
     if usage is None:
         return
-    if not (isinstance(usage, dict) and all(isinstance(usage.get(k), int) for k in _TOKEN_COUNTS)):
+    if not (
+        isinstance(usage, dict)
+        and isinstance(usage.get("prompt_tokens"), int)
+        and isinstance(usage.get("completion_tokens"), int)
+        and isinstance(usage.get("total_tokens"), int)
+    ):
         raise InvalidRecord("usage is not an object of token counts")
-    for name in ("prompt_tokens_details", "completion_tokens_details"):
+    for name in _DETAILS:
         details = usage.get(name)
-        if details is not None and not (
-            isinstance(details, dict) and all(isinstance(v, int | None) for v in details.values())
-        ):
+        if details is None:
+            continue
+        if not isinstance(details, dict):
             raise InvalidRecord(f"usage.{name} is not an object of token counts")
+        for v in details.values():
+            if v is not None and not isinstance(v, int):
+                raise InvalidRecord(f"usage.{name} is not an object of token counts")
 
 
 def _check_tool_call(call: Any) -> None:
