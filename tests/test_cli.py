@@ -30,6 +30,8 @@ SHIPPED = Path(__file__).parent.parent / "conf.d"
 ENV_KNOBS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AIGW_HOST", "AIGW_PORT")
 SERVING = re.compile(r"serving .* on http://127\.0\.0\.1:(\d+)")
 TIMEOUT_S = 30.0
+# A conf.d file: the terminal plugin with the offline mock provider.
+MOCK_PROXY = {"plugin": "provider-proxy", "config": {"providers": [{"name": "m", "type": "mock"}]}}
 
 
 @pytest.fixture
@@ -150,7 +152,7 @@ def test_plugin_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_unreadable_files_and_broken_plugins_are_config_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    proxy = {"plugin": "provider-proxy", "config": {"providers": [{"name": "m", "type": "mock"}]}}
+    proxy = MOCK_PROXY
     root = write_conf(tmp_path / "conf.d", {"90-p.yaml": proxy})
     (root / ".#30-x.yaml").symlink_to(tmp_path / "gone")  # an editor's lock: skipped
     assert run(["check", "-c", str(root)], capsys)[0] == 0
@@ -228,10 +230,7 @@ def test_check_rejects_what_serving_rejects(
         tmp_path / "conf.d",
         {
             "10-e.yaml": {"plugin": f"{mod}:Eager"},
-            "90-p.yaml": {
-                "plugin": "provider-proxy",
-                "config": {"providers": [{"name": "m", "type": "mock"}]},
-            },
+            "90-p.yaml": MOCK_PROXY,
         },
     )
     rc, _, err = run(["check", "-c", str(root)], capsys)
@@ -342,6 +341,30 @@ async def aigw_process(
                 await drain
 
 
+def fine_then(tmp_path: Path, name: str, body: str) -> Path:
+    """A conf.d of plugin ``Fine`` (it logs "Fine was shut down"), then plugin ``name`` with
+    the class ``body`` given (both in a module on ``tmp_path``), then the mock provider."""
+    module = f"plugins_{name.lower()}"
+    (tmp_path / f"{module}.py").write_text(
+        "import asyncio, logging\n"
+        "from aigw import hookimpl\n"
+        "class Fine:\n"
+        "    @hookimpl\n"
+        "    async def shutdown(self):\n"
+        "        logging.getLogger('aigw').warning('Fine was shut down')\n"
+        f"class {name}:\n" + body,
+        encoding="utf-8",
+    )
+    return write_conf(
+        tmp_path / "conf.d",
+        {
+            "10-fine.yaml": {"plugin": f"{module}:Fine"},
+            f"20-{name.lower()}.yaml": {"plugin": f"{module}:{name}"},
+            "90-p.yaml": MOCK_PROXY,
+        },
+    )
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_KNOBS}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
@@ -430,29 +453,12 @@ def test_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 async def test_a_plugin_that_cannot_start_exits_1_cleanly(tmp_path: Path) -> None:
-    (tmp_path / "broken_plugins.py").write_text(
-        "import logging\n"
-        "from aigw import hookimpl\n"
-        "class Fine:\n"
-        "    @hookimpl\n"
-        "    async def shutdown(self):\n"
-        "        logging.getLogger('aigw').warning('Fine was shut down')\n"
-        "class Broken:\n"
+    conf = fine_then(
+        tmp_path,
+        "Broken",
         "    @hookimpl\n"
         "    async def startup(self, gateway):\n"
         "        raise RuntimeError('the vector db said no')\n",
-        encoding="utf-8",
-    )
-    conf = write_conf(
-        tmp_path / "conf.d",
-        {
-            "10-fine.yaml": {"plugin": "broken_plugins:Fine"},
-            "20-broken.yaml": {"plugin": "broken_plugins:Broken"},
-            "90-p.yaml": {
-                "plugin": "provider-proxy",
-                "config": {"providers": [{"name": "m", "type": "mock"}]},
-            },
-        },
     )
     env = child_env(PYTHONPATH=str(tmp_path))
     proc = await spawn_aigw(conf, env)
@@ -585,10 +591,7 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path, workers: 
         {
             "00-gateway.yaml": {"gateway": {"shutdown_timeout_s": 1}},
             "10-stuck.yaml": {"plugin": "stuck_plugins:Stuck"},
-            "90-p.yaml": {
-                "plugin": "provider-proxy",
-                "config": {"providers": [{"name": "m", "type": "mock"}]},
-            },
+            "90-p.yaml": MOCK_PROXY,
         },
     )
     args = ("--port", str(free_port()), "--workers", "2") if workers > 1 else ()
@@ -624,30 +627,13 @@ async def test_ctrl_c_during_start_up_stops_without_a_traceback(
     # The terminal's Ctrl-C reaches every process of the job while they start. One process is
     # caught in a plugin's start-up that takes its time (a model loading, a backend slow to
     # answer); workers as the interpreter starts them, before any of aigw's code runs in them.
-    (tmp_path / "slow_plugins.py").write_text(
-        "import asyncio, logging\n"
-        "from aigw import hookimpl\n"
-        "class Fine:\n"
-        "    @hookimpl\n"
-        "    async def shutdown(self):\n"
-        "        logging.getLogger('aigw').warning('Fine was shut down')\n"
-        "class Slow:\n"
+    conf = fine_then(
+        tmp_path,
+        "Slow",
         "    @hookimpl\n"
         "    async def startup(self, gateway):\n"
         "        logging.getLogger('aigw').warning('Slow is starting')\n"
         "        await asyncio.sleep(3600)\n",
-        encoding="utf-8",
-    )
-    conf = write_conf(
-        tmp_path / "conf.d",
-        {
-            "10-fine.yaml": {"plugin": "slow_plugins:Fine"},
-            "20-slow.yaml": {"plugin": "slow_plugins:Slow"},
-            "90-p.yaml": {
-                "plugin": "provider-proxy",
-                "config": {"providers": [{"name": "m", "type": "mock"}]},
-            },
-        },
     )
     args: tuple[str, ...] = ()
     starting = re.compile("Slow is starting")

@@ -385,6 +385,20 @@ async def test_fifty_concurrent_identical_requests_go_upstream_once(
     assert [s for s, _ in results].count("hit") == 49
 
 
+def joins(cache: Any, joined: asyncio.Event | None = None) -> asyncio.Event:
+    """An event (``joined``, or a new one) set when a request starts waiting for a flight of
+    ``cache`` (a follower)."""
+    joined = joined or asyncio.Event()
+    real_wait = cache.flights.wait
+
+    async def wait(key: str, seconds: float) -> Any:
+        joined.set()
+        return await real_wait(key, seconds)
+
+    cache.flights.wait = wait
+    return joined
+
+
 async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again(
     make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
 ) -> None:
@@ -394,8 +408,9 @@ async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again
     gw = await make_gateway(cache_conf(upstream, store))
     cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
     arrived, landed = asyncio.Event(), asyncio.Event()
+    joins(cache, arrived)  # joining the flight is arriving too
     lookups = 0
-    real_get, real_land, real_wait = cache.store.get, cache.flights.land, cache.flights.wait
+    real_get, real_land = cache.store.get, cache.flights.land
 
     async def get(key: str) -> Any:
         nonlocal lookups
@@ -411,11 +426,7 @@ async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again
         real_land(key, record)
         landed.set()
 
-    async def wait(key: str, seconds: float) -> Any:
-        arrived.set()
-        return await real_wait(key, seconds)
-
-    cache.store.get, cache.flights.land, cache.flights.wait = get, land, wait
+    cache.store.get, cache.flights.land = get, land
     upstream.llm.hold()
     leader = asyncio.create_task(ask(gw))
     await upstream.llm.wait_for_calls(1)
@@ -426,6 +437,17 @@ async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again
     assert upstream.llm.chat_calls == 1
     assert (status1, status2) == ("miss", "hit")
     assert again.choices[0].message.content == first.choices[0].message.content == ANSWER
+
+
+async def answered_on_redis(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> tuple[Gateway, Any]:
+    """A gateway on Redis that has stored the answer to ``ask``, and its exact-cache plugin."""
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store))
+    await ask(gw)
+    await settle(gw)
+    return gw, dict(gw.server.app[PLUGINS].order)["exact-cache"]
 
 
 async def stored_key(redis_url: str, key_prefix: str) -> tuple[bytes, dict[str, Any]]:
@@ -444,10 +466,7 @@ async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
     # A damaged record from Redis that a streamed replay can serve (it leaves annotations
     # out) and a JSON replay cannot (too deep to write): the streaming leader hits, and its
     # JSON follower is a miss served from upstream, not a 500.
-    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
-    gw = await make_gateway(cache_conf(upstream, store))
-    await ask(gw)
-    await settle(gw)
+    gw, cache = await answered_on_redis(make_gateway, upstream, redis_url, key_prefix)
     key, stored = await stored_key(redis_url, key_prefix)
     stored["response"]["choices"][0]["message"]["annotations"] = "@@"
     client = redis.Redis.from_url(redis_url)
@@ -455,20 +474,15 @@ async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
         await client.set(key, orjson.dumps(stored).replace(b'"@@"', b"[" * 300 + b"]" * 300))
     finally:
         await client.aclose()
-    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
-    looking, joined, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    real_get, real_wait = cache.store.get, cache.flights.wait
+    looking, joined, go = asyncio.Event(), joins(cache), asyncio.Event()
+    real_get = cache.store.get
 
     async def get(key: str) -> Any:
         looking.set()
         await go.wait()  # the leader's lookup lasts until the follower has joined
         return await real_get(key)
 
-    async def wait(key: str, seconds: float) -> Any:
-        joined.set()
-        return await real_wait(key, seconds)
-
-    cache.store.get, cache.flights.wait = get, wait
+    cache.store.get = get
     leader = asyncio.create_task(ask_stream(gw))
     await looking.wait()
     follower = asyncio.create_task(ask(gw))
@@ -485,14 +499,10 @@ async def test_a_follower_of_a_leader_gone_during_its_lookup_looks_up_itself(
 ) -> None:
     # The leader's client leaves while its Redis lookup is under way: the follower that takes
     # over looks the answer up, which is there, instead of going upstream for it.
-    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
-    gw = await make_gateway(cache_conf(upstream, store))
-    await ask(gw)
-    await settle(gw)
-    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
-    looking, joined = asyncio.Event(), asyncio.Event()
+    gw, cache = await answered_on_redis(make_gateway, upstream, redis_url, key_prefix)
+    looking, joined = asyncio.Event(), joins(cache)
     leader_task: asyncio.Task[Any] | None = None
-    real_get, real_wait = cache.store.get, cache.flights.wait
+    real_get = cache.store.get
 
     async def get(key: str) -> Any:
         nonlocal leader_task
@@ -502,11 +512,7 @@ async def test_a_follower_of_a_leader_gone_during_its_lookup_looks_up_itself(
             await asyncio.Event().wait()  # until cancelled
         return await real_get(key)
 
-    async def wait(key: str, seconds: float) -> Any:
-        joined.set()
-        return await real_wait(key, seconds)
-
-    cache.store.get, cache.flights.wait = get, wait
+    cache.store.get = get
     leader = asyncio.create_task(ask(gw))
     await looking.wait()
     follower = asyncio.create_task(ask(gw))
