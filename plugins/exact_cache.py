@@ -167,20 +167,21 @@ class ExactCachePlugin:
             return None
         joining = ctx.cache_store and cfg.single_flight
         if joining and not self.store.local:
-            # Joined before a lookup that waits (Redis): it may read just before a leader's
-            # record is written and return just after its flight landed, and a request that
-            # looked up first would then find neither and go upstream again. (A memory lookup
-            # cannot interleave, so its hits skip the flight.)
+            # A lookup that waits (Redis) may read just before a leader's record is written
+            # and return just after its flight landed. Who leads is settled before it, so a
+            # request that then misses follows (and finds the record on a second lookup)
+            # rather than leading a second flight upstream. (A memory lookup cannot
+            # interleave, so its hits skip the flight.)
             state.leading = self.flights.lead(key)
-            if not state.leading:
-                return await self._follow(ctx, state)
         reply = await self._lookup(ctx, state)
-        if reply is None and joining and self.store.local:
+        if reply is not None or not joining:
+            return reply
+        if self.store.local:
             # The common case, nobody else asking the same, costs one dict insert.
             state.leading = self.flights.lead(key)
-            if not state.leading:
-                return await self._follow(ctx, state)
-        return reply
+        if not state.leading:
+            return await self._follow(ctx, state)
+        return None
 
     async def _lookup(self, ctx: RequestContext, state: _State) -> Reply | None:
         """A hit from the store, or ``None`` and a miss. A leading request's hit lands its
@@ -201,22 +202,20 @@ class ExactCachePlugin:
                     return reply
             else:
                 self.failures.failed("lookup", "stored record belongs to another key")
-        if ctx.cache_status != "miss":  # a follower leading now was counted when it joined
+        if ctx.cache_status != "miss":  # a follower's second lookup: counted once
             log.info("cache miss for key: %s", ctx.cache_key)
             ctx.cache_status = "miss"
         return None
 
     async def _follow(self, ctx: RequestContext, state: _State) -> Reply | None:
-        """Wait for the leader of this key's flight and answer from its record; lead the
-        flight instead if the leader failed. Until then the request counts as a miss."""
-        if ctx.cache_status is None:  # joined before looking up (a store that waits)
-            log.info("cache miss for key: %s (waiting for the identical request)", ctx.cache_key)
-            ctx.cache_status = "miss"
+        """Wait for the leader of this key's flight and answer from its record. If the leader
+        failed or its client left, or waiting takes too long, look the store up again first
+        (the answer may be there: a refresh, another instance), leading the flight if free."""
         deadline = time.monotonic() + self.config.single_flight_timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None  # waited long enough: go upstream without coalescing
+                return await self._lookup(ctx, state)  # then upstream, without coalescing
             landed = await self.flights.wait(state.key, remaining)
             if isinstance(landed, CacheRecord):
                 # Replayed in this request's shape, which may fail where the leader's did not
@@ -232,9 +231,7 @@ class ExactCachePlugin:
                 return None
             state.leading = self.flights.lead(state.key)
             if state.leading:
-                # The leader failed, or its client left, maybe before its lookup ended: with a
-                # store that waits, this request has not looked up yet.
-                return None if self.store.local else await self._lookup(ctx, state)
+                return await self._lookup(ctx, state)
 
     def _replay(self, ctx: RequestContext, record: CacheRecord) -> Reply | None:
         """:meth:`_hit`, or ``None`` (a miss, counted as a failure) for a record that cannot

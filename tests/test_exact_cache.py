@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from multidict import CIMultiDict
 
 from aigw.app import GATEWAY, PLUGINS
+from aigw.cache.record import make_record
 from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
@@ -478,8 +479,9 @@ async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
     real_get = cache.store.get
 
     async def get(key: str) -> Any:
-        looking.set()
-        await go.wait()  # the leader's lookup lasts until the follower has joined
+        if not looking.is_set():
+            looking.set()
+            await go.wait()  # the leader's lookup lasts until the follower has joined
         return await real_get(key)
 
     cache.store.get = get
@@ -494,13 +496,18 @@ async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
     assert upstream.llm.chat_calls == 2
 
 
-async def test_a_follower_of_a_leader_gone_during_its_lookup_looks_up_itself(
-    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+async def test_a_redis_follower_is_served_by_its_own_lookup(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    redis_url: str,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The leader's client leaves while its Redis lookup is under way: the follower that takes
-    # over looks the answer up, which is there, instead of going upstream for it.
+    # The answer is stored; a leader's lookup is still under way (and its client then
+    # leaves). An identical request joining its flight looks the answer up itself: a hit at
+    # once, logged as one, without waiting for the leader or going upstream.
     gw, cache = await answered_on_redis(make_gateway, upstream, redis_url, key_prefix)
-    looking, joined = asyncio.Event(), joins(cache)
+    looking = asyncio.Event()
     leader_task: asyncio.Task[Any] | None = None
     real_get = cache.store.get
 
@@ -515,15 +522,47 @@ async def test_a_follower_of_a_leader_gone_during_its_lookup_looks_up_itself(
     cache.store.get = get
     leader = asyncio.create_task(ask(gw))
     await looking.wait()
-    follower = asyncio.create_task(ask(gw))
-    await joined.wait()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="aigw.exact_cache")
+    async with asyncio.timeout(10):  # not waiting for the leader, whose lookup never ends
+        status, completion = await ask(gw)
+    assert (status, completion.choices[0].message.content) == ("hit", ANSWER)
+    assert upstream.llm.chat_calls == 1
+    assert "cache miss for key" not in caplog.text and "cache hit for key" in caplog.text
     assert leader_task is not None
     leader_task.cancel()  # as aiohttp cancels the handler of a client that disconnected
     with pytest.raises(openai.APIError):
         await leader
-    status, completion = await follower
-    assert (status, completion.choices[0].message.content) == ("hit", ANSWER)
+
+
+async def test_a_follower_done_waiting_looks_up_before_going_upstream(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    # The leader is stuck upstream; meanwhile the answer lands in Redis (another instance, a
+    # refresh). A follower whose wait runs out is served from it, not sent upstream.
+    store = {"type": "redis", "url": redis_url, "key_prefix": key_prefix}
+    gw = await make_gateway(cache_conf(upstream, store, single_flight_timeout_s=0.5))
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    joined = joins(cache)
+    upstream.llm.hold()
+    leader = asyncio.create_task(ask(gw))
+    await upstream.llm.wait_for_calls(1)
+    follower = asyncio.create_task(ask(gw))
+    await joined.wait()
+    [key] = list(cache.flights._flights)
+    message = {"role": "assistant", "content": "stored by another instance"}
+    answer = {
+        "model": "gpt-4o",
+        "created": 1_700_000_000,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+    await cache.store.set(make_record(answer, key, "consumer:", 60))
+    async with asyncio.timeout(10):  # the upstream is held: going there would never end
+        status, completion = await follower
+    assert (status, completion.choices[0].message.content) == ("hit", "stored by another instance")
     assert upstream.llm.chat_calls == 1
+    upstream.llm.release()
+    assert (await leader)[0] == "miss"
 
 
 async def test_leader_failure_lets_a_waiter_retry(
