@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from aigw.cache import failopen, stores
 from aigw.cache.failopen import FailureLog
-from aigw.cache.record import CacheRecord, encode, make_record, normalise
+from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_record, normalise
 from aigw.cache.singleflight import SingleFlight
 from aigw.cache.stores import MemoryStore, MemoryStoreConfig
 from aigw.context import RequestContext, Target
@@ -78,6 +78,11 @@ def weight(record: CacheRecord) -> int:
     return len(encode(record))
 
 
+def held(value: CacheRecord | bytes) -> CacheRecord:
+    """The record a memory store entry holds, serialised (never read yet) or not."""
+    return decode(value) if isinstance(value, bytes) else value
+
+
 def weighing(size: int, key: str, ttl: int = 60) -> CacheRecord:
     """A record under ``key`` that weighs exactly ``size`` bytes (the answer text pads it)."""
     empty = rec(key, "", ttl)
@@ -95,17 +100,19 @@ async def test_memory_get_set_delete(clock: Clock) -> None:
     a, b = rec("a", "one"), rec("b", "two")
     await store.set(a)
     await store.set(b)
-    assert await store.get("a") is a  # the very object that was set, not a copy
-    assert await store.get("b") is b
+    first = await store.get("a")
+    assert first == a and first is not a  # held serialised: read back as an equal record
+    assert await store.get("a") is first  # then kept decoded: a hot entry is decoded once
+    assert await store.get("b") == b
     assert len(store) == 2
     assert store.bytes == weight(a) + weight(b)
     uno = rec("a", "uno")
     await store.set(uno)  # stored under its own key: replaces a
-    assert await store.get("a") is uno
+    assert await store.get("a") == uno
     assert len(store) == 2
     await store.delete("a")
     assert await store.get("a") is None
-    assert await store.get("b") is b
+    assert await store.get("b") == b
     await store.delete("a")  # deleting a missing key is fine
     await store.delete("never")
     assert len(store) == 1
@@ -124,12 +131,12 @@ async def test_memory_ttl_expiry(clock: Clock) -> None:
     await store.set(long)
     assert store.bytes == weight(short) + weight(long)
     clock.now += 9.999
-    assert await store.get("short") is short
+    assert await store.get("short") == short
     clock.now += 0.001  # exactly the TTL: gone
     assert await store.get("short") is None
     assert len(store) == 1
     assert store.bytes == weight(long)
-    assert await store.get("long") is long
+    assert await store.get("long") == long
     clock.now += 90
     assert await store.get("long") is None
     assert len(store) == 0
@@ -143,7 +150,7 @@ async def test_memory_overwrite_renews_the_ttl(clock: Clock) -> None:
     second = rec("a", "2", ttl=10)
     await store.set(second)
     clock.now += 8
-    assert await store.get("a") is second
+    assert await store.get("a") == second
     clock.now += 2
     assert await store.get("a") is None
     assert store.bytes == 0
@@ -154,14 +161,14 @@ async def test_memory_evicts_the_least_recently_used_entry(clock: Clock) -> None
     records = {key: rec(key, key) for key in "abc"}
     for record in records.values():
         await store.set(record)
-    assert await store.get("a") is records["a"]  # a is now the most recently used
+    assert await store.get("a") == records["a"]  # a is now the most recently used
     d = rec("d", "d")
     await store.set(d)
     assert len(store) == 3
     assert await store.get("b") is None
-    assert await store.get("a") is records["a"]
-    assert await store.get("c") is records["c"]
-    assert await store.get("d") is d
+    assert await store.get("a") == records["a"]
+    assert await store.get("c") == records["c"]
+    assert await store.get("d") == d
     # overwriting counts as use too
     a_again = rec("a", "A")
     await store.set(a_again)  # order now: c, d, a
@@ -169,7 +176,7 @@ async def test_memory_evicts_the_least_recently_used_entry(clock: Clock) -> None
     await store.set(e)
     assert await store.get("c") is None
     for key, record in zip("ade", (a_again, d, e), strict=True):
-        assert await store.get(key) is record
+        assert await store.get(key) == record
     assert store.bytes == weight(a_again) + weight(d) + weight(e)
 
 
@@ -179,11 +186,11 @@ async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     await store.set(a)
     await store.set(b)
     assert store.bytes == 800
-    assert await store.get("a") is a  # a is used, so b goes first
+    assert await store.get("a") == a  # a is used, so b goes first
     await store.set(c)
     assert await store.get("b") is None
-    assert await store.get("a") is a
-    assert await store.get("c") is c
+    assert await store.get("a") == a
+    assert await store.get("c") == c
     assert len(store) == 2
     assert store.bytes == 800
     # one record of exactly max_bytes pushes everything else out
@@ -191,7 +198,7 @@ async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     await store.set(big)
     assert len(store) == 1
     assert store.bytes == 1024
-    assert await store.get("big") is big
+    assert await store.get("big") == big
     assert await store.get("a") is None
     assert await store.get("c") is None
 
@@ -217,13 +224,32 @@ async def test_memory_bytes_accounting(clock: Clock) -> None:
 
 
 async def test_memory_weighs_records_as_serialised(clock: Clock) -> None:
-    """The weight is the serialised size, whatever the record holds beyond it."""
+    """The weight is the serialised size, whatever the record holds beyond it, before and
+    after the entry is first read (and decoded)."""
     store = memory()
     record = rec("k", "some answer")
     record.rendered[:] = [b"h" * 1000, b"t" * 1000]  # the replay's render cache is not counted
     await store.set(record)
     assert store.bytes == len(encode(record))
-    assert await store.get("k") is record
+    hit = await store.get("k")
+    assert hit == record and hit.rendered == []  # the render cache is not stored either
+    assert store.bytes == len(encode(record))
+
+
+async def test_memory_drops_an_entry_that_does_not_decode(clock: Clock) -> None:
+    """A held value that is no record (memory damaged, a bug) is a failure once, then gone."""
+    store = memory()
+    good, bad = rec("good", "fine"), rec("bad", "broken")
+    await store.set(good)
+    await store.set(bad)
+    expires, size, _ = store._data["bad"]
+    store._data["bad"] = (expires, size, b'{"v": 1, "response": null}')
+    with pytest.raises(InvalidRecord):
+        await store.get("bad")
+    assert await store.get("bad") is None
+    assert len(store) == 1
+    assert store.bytes == weight(good)
+    assert await store.get("good") == good
 
 
 async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Clock) -> None:
@@ -232,7 +258,7 @@ async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Cloc
     await store.set(small)
     await store.set(weighing(1025, "huge"))
     assert await store.get("huge") is None
-    assert await store.get("small") is small  # nothing was evicted for it
+    assert await store.get("small") == small  # nothing was evicted for it
     assert len(store) == 1
     assert store.bytes == weight(small)
 
@@ -244,7 +270,7 @@ async def test_memory_a_record_too_heavy_to_store_drops_the_previous_one(clock: 
     await store.set(other)
     await store.set(weighing(1025, "k"))  # not stored, and the old entry for k is stale
     assert await store.get("k") is None
-    assert await store.get("other") is other
+    assert await store.get("other") == other
     assert len(store) == 1
     assert store.bytes == weight(other)
 
@@ -278,7 +304,7 @@ async def test_memory_bounds_hold_under_any_operations(
                 await store.set(record)
                 if weight(record) <= 1024:
                     # the record just written is always readable (it fits in max_bytes)
-                    assert await store.get(key) is record
+                    assert await store.get(key) == record
                 else:
                     assert await store.get(key) is None
             elif op[0] == "get":
@@ -290,7 +316,7 @@ async def test_memory_bounds_hold_under_any_operations(
                 fake.now += op[1]
             assert len(store) <= max_entries
             assert 0 <= store.bytes <= 1024
-            live = [item[-1] for item in store._data.values()]
+            live = [held(item[-1]) for item in store._data.values()]
             assert store.bytes == sum(weight(r) for r in live)
             assert all(r.key == k for k, r in zip(store._data, live, strict=True))
 
