@@ -47,6 +47,7 @@ class RecorderConfig(Settings):
     degraded: str | None = None
     fail_startup: bool = False
     bad_reply: str | None = None
+    echo_body: bool = False
 
 
 class Recorder:
@@ -72,6 +73,9 @@ class Recorder:
             return Reply(body=b"{}", headers={"Content-Type": "application/json"})
         if self.c.reply:
             return Reply.json({"answered_by": self.label}, status=203)
+        if self.c.echo_body:
+            body = await ctx.request.read()
+            return Reply.json({"read": body.decode(), "text": await ctx.request.text()})
         return None
 
     @hookimpl
@@ -170,6 +174,18 @@ async def test_hook_on_request(make_gateway: GatewayFactory, recorder: ModuleTyp
     # Only the plugins that passed the request on see the response.
     assert phase(recorder, "headers") == ["A"]
     assert "x-seen-by-a" in headers and "x-seen-by-b" not in headers
+
+
+async def test_plugins_can_read_the_body_the_core_read(
+    make_gateway: GatewayFactory, recorder: ModuleType
+) -> None:
+    gw = await make_gateway(conf(recorder, B={"echo_body": True}))
+    raw = orjson.dumps(CHAT)
+    async with gw.http.post(
+        gw.url("/v1/chat/completions"), data=raw, headers={"Content-Type": "application/json"}
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"read": raw.decode(), "text": raw.decode()}
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:
