@@ -37,7 +37,8 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
             type="invalid_request_error",
             code="unsupported_media_type",
         )
-    if request.content_length is not None and request.content_length > max_bytes:
+    length = request.content_length  # parsed from the header at every access
+    if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
     content = request.content
     try:
