@@ -31,7 +31,7 @@ _ID_SLOT = "chatcmpl-@@aigw-id@@"
 def completion_body(record: CacheRecord) -> bytes:
     """The non-streamed ``chat.completion`` body, with a fresh id.
 
-    The body is rendered once per record (the memory store keeps records, so a hot entry is
+    The body is rendered once per record (the memory store keeps records once hit, so a hot entry is
     serialised once) and each reply only splices its own id in.
     """
     if not record.rendered:
