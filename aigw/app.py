@@ -61,9 +61,8 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_route("*", "/healthz", _get_only(_healthz))
     app.router.add_route("*", "/readyz", _get_only(_readyz_handler(gateway, loaded)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
+    dispatch.install(app, API_ROUTES.keys())
     app.on_response_prepare.append(_ensure_request_id)
-    # The API handlers stamp their own x-request-id (respond.py).
-    dispatch.install(app, API_ROUTES.keys(), covered=(_ensure_request_id,))
     app.cleanup_ctx.append(_session_ctx(gateway))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
     stops = {i.plugin_name: i for i in loaded.pm.hook.shutdown.get_hookimpls()}

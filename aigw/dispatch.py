@@ -5,10 +5,7 @@ index, checking methods, looking for middlewares). The API paths are few and fix
 :func:`install` puts a dict lookup of the raw request target in front of it and calls the
 route's handler directly, with a match info of its own (a plain dict a handler may write to):
 ``request.app``, ``request.match_info`` and ``on_response_prepare`` work as before. Measured
-under callgrind: 7k instructions less per exact-cache hit (2%), 5k per miss. The caller may
-name receivers of ``on_response_prepare`` whose work the dispatched handlers already do (the
-gateway's ``x-request-id`` stamp): while the signal holds nothing else, dispatched requests
-skip it (another 8k instructions a hit).
+under callgrind: 7k instructions less per exact-cache hit (2%), 5k per miss.
 
 Anything the lookup does not match exactly takes aiohttp's own path, unchanged: a query string
 or a percent-encoded path (the raw target differs), an absolute-form target, a request with an
@@ -19,25 +16,19 @@ an app given middlewares (they wrap the handler there), plugins' routes, ``/heal
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 
-Receiver = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
-
-def install(
-    app: web.Application, paths: Collection[str], covered: Collection[Receiver] = ()
-) -> None:
+def install(app: web.Application, paths: Collection[str]) -> None:
     """Serve the routes registered for ``paths`` by a dict lookup before the router.
 
     A path is taken over only when the router would pick one route for it whatever the method
     (the first resource registered for it has a single route for ``*``), so the result is the
     router's. Call it once every route is added: a runner (or test server) reads the
-    dispatcher when it starts. ``covered``: receivers of ``app.on_response_prepare`` that
-    would change nothing in the dispatched handlers' responses; when the signal (frozen once
-    the app runs) holds only those, those responses skip it.
+    dispatcher when it starts.
     """
     table: dict[str, AbstractRoute] = {}
     seen: set[str] = set()
@@ -50,21 +41,13 @@ def install(
         if len(routes) == 1 and routes[0].method == hdrs.METH_ANY:
             table[path] = routes[0]
     routed = app._handle
-    signalled: list[bool] = []  # whether the signal must run: known at the first request
 
     async def handle(request: web.Request) -> web.StreamResponse:
         route = table.get(request.raw_path)
         if route is None or hdrs.EXPECT in request.headers or app.middlewares:
             return await routed(request)
         match_info = UrlMappingMatchInfo({}, route)
-        if not signalled:
-            signalled.append(any(r not in covered for r in app.on_response_prepare))
-        if signalled[0]:
-            match_info.add_app(app)
-        else:
-            # request.app without the app in the match info's stack, whose apps' signals
-            # aiohttp sends for every response
-            match_info._current_app = app
+        match_info.add_app(app)
         match_info.freeze()
         request._match_info = match_info
         return await route.handler(request)

@@ -48,6 +48,7 @@ class RecorderConfig(Settings):
     fail_startup: bool = False
     bad_reply: str | None = None
     echo_body: bool = False
+    bad_header: bool = False
 
 
 class Recorder:
@@ -82,6 +83,8 @@ class Recorder:
     async def on_response_headers(self, ctx, reply):
         self.hit("headers")
         ctx.response_headers["x-seen-by-" + self.label.lower()] = "yes"
+        if self.c.bad_header:
+            ctx.response_headers["x-bad"] = "a\\r\\nb"  # aiohttp refuses it when sending
 
     @hookimpl
     async def on_response_chunk(self, ctx, chunk):
@@ -186,6 +189,18 @@ async def test_plugins_can_read_the_body_the_core_read(
     ) as resp:
         assert resp.status == 200
         assert await resp.json() == {"read": raw.decode(), "text": raw.decode()}
+
+
+async def test_a_response_aiohttp_answers_itself_carries_the_request_id(
+    make_gateway: GatewayFactory, recorder: ModuleType
+) -> None:
+    # A header aiohttp refuses to send makes it answer 500 on its own, outside the core's
+    # reply; the app-wide stamp must still give it the request's id.
+    gw = await make_gateway(conf(recorder, A={"bad_header": True}))
+    async with gw.http.post(
+        gw.url("/v1/chat/completions"), json=CHAT, headers={"x-request-id": "rid-500"}
+    ) as resp:
+        assert (resp.status, resp.headers.get("x-request-id")) == (500, "rid-500")
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:
