@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from pluggy import HookImpl
 
-from aigw import dispatch
+from aigw import dispatch, http_errors
 from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
 from aigw.errors import GatewayError, NotFound
 from aigw.gateway import Gateway
-from aigw.ids import new_id
+from aigw.ids import request_id
 from aigw.intake import read_payload
 from aigw.pipeline import Pipeline
 from aigw.plugins import LoadedPlugins, load
@@ -62,6 +62,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_route("*", "/readyz", _get_only(_readyz_handler(gateway, loaded)))
     app.router.add_route("*", "/{tail:.*}", _not_found)
     dispatch.install(app, API_ROUTES.keys())
+    http_errors.install(app)
     app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_session_ctx(gateway))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
@@ -79,7 +80,7 @@ def _api_handler(
     terminal = loaded.terminal
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        ctx = RequestContext(request=request, request_id=_request_id(request), api=api)
+        ctx = RequestContext(request=request, request_id=request_id(request.headers), api=api)
         try:
             reply = await _request_phase(ctx, request)
             return await send(ctx, reply, pipeline)
@@ -119,17 +120,10 @@ def _api_handler(
     return handle
 
 
-def _request_id(request: web.Request) -> str:
-    rid = request.headers.get("x-request-id", "")
-    if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
-        return rid
-    return new_id()
-
-
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every response, including plugins' own routes and 404s, carries an ``x-request-id``."""
     if "x-request-id" not in response.headers:
-        response.headers["x-request-id"] = _request_id(request)
+        response.headers["x-request-id"] = request_id(request.headers)
 
 
 def _get_only(handler: Handler) -> Handler:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Mapping
 
 _prefix = ""
 _counter = itertools.count()
@@ -27,3 +28,12 @@ os.register_at_fork(after_in_child=_reseed)  # a forked child must not repeat it
 def new_id() -> str:
     """A 24-hex-digit id, unique across the processes of a deployment."""
     return f"{_prefix}{next(_counter):012x}"
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's ``x-request-id`` when it is a sane one (printable ASCII, at most 128
+    characters: it goes into logs and headers), else a new id."""
+    rid = headers.get("x-request-id", "")
+    if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
+        return rid
+    return new_id()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import logging
 from typing import Any
 
@@ -134,4 +136,64 @@ async def test_body_that_does_not_match_its_encoding_is_400(
             assert resp.headers["Connection"] == "close"  # the rest of the body is unreadable
     assert err["code"] == "invalid_body" and encoding in err["message"]
     assert [r for r in caplog.records if r.exc_info] == []  # no traceback in the logs either
+    assert upstream.llm.calls == []
+
+
+async def raw_exchange(gateway: Gateway, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (no client would send these) and read the one reply."""
+    url = gateway.server.make_url("/")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        # The gateway closes the connection after such an error; a bound in case it does not.
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+CHAT_BODY = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}'
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GXT\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",  # not a method
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-long: " + b"a" * 20000 + b"\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    ],
+    ids=["bad-method", "bad-header-name", "header-too-long", "bad-content-length"],
+)
+async def test_requests_aiohttp_cannot_parse_get_openai_errors(
+    gateway: Gateway, upstream: Upstream, request_bytes: bytes
+) -> None:
+    status, headers, body = await raw_exchange(gateway, request_bytes)
+    assert 400 <= status < 500
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-request-id"]
+    err = orjson.loads(body)["error"]
+    assert set(err) == {"message", "type", "code", "param"}
+    assert err["type"] == "invalid_request_error" and err["code"] == "invalid_http_request"
+    assert upstream.llm.calls == []
+
+
+async def test_a_body_encoding_aiohttp_cannot_decode_gets_an_openai_error(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    # Brotli bodies are refused while the request is parsed, before any handler, unless the
+    # Brotli package is installed (it is not a dependency).
+    if importlib.util.find_spec("brotli") is not None:
+        pytest.skip("Brotli is installed: aiohttp decodes br bodies")
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: br\r\nContent-Length: %d\r\n\r\n%s" % (len(CHAT_BODY), CHAT_BODY)
+    )
+    status, headers, body = await raw_exchange(gateway, request)
+    assert status == 400 and headers["x-request-id"]
+    assert "br" in orjson.loads(body)["error"]["message"]
     assert upstream.llm.calls == []

@@ -201,6 +201,9 @@ async def test_a_response_aiohttp_answers_itself_carries_the_request_id(
         gw.url("/v1/chat/completions"), json=CHAT, headers={"x-request-id": "rid-500"}
     ) as resp:
         assert (resp.status, resp.headers.get("x-request-id")) == (500, "rid-500")
+        assert resp.headers["Content-Type"].startswith("application/json")
+        err = (await resp.json())["error"]
+        assert (err["type"], err["message"]) == ("server_error", "internal error in the gateway")
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:

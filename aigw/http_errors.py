@@ -1,0 +1,84 @@
+"""OpenAI-style answers for the errors aiohttp's server answers on its own.
+
+aiohttp replies by itself, in ``text/plain`` (or HTML), when a request cannot be parsed (a
+malformed request line or header, a header too long, a ``Content-Encoding`` it cannot decode:
+400) and when a handler raises (500; 504 on a timeout). Those replies passed no gateway code,
+so they broke two promises every other response keeps: errors in OpenAI's shape, and an
+``x-request-id``. :func:`install` makes aiohttp build them here instead. aiohttp still logs
+them as it did, and still closes the connection after them.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from aigw.errors import BadRequest, GatewayError
+from aigw.ids import request_id
+
+
+class _Handler(RequestHandler):
+    """aiohttp's connection handler, with OpenAI-style error replies."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own: it logs the error, and raises if the response had already started.
+        super().handle_error(request, status, exc, message)
+        err: GatewayError
+        if status >= 500:
+            # Never the exception's text: it may hold anything (a traceback in debug mode).
+            text = "internal error in the gateway" if status == 500 else _phrase(status)
+            err = GatewayError(text, status=status, type="server_error")
+        else:
+            detail = message or _phrase(status)
+            err = BadRequest(
+                f"The HTTP request could not be read: {detail}",
+                status=status,
+                code="invalid_http_request",
+            )
+        resp = web.Response(
+            status=status,
+            body=err.body(),
+            content_type="application/json",
+            headers={"x-request-id": request_id(request.headers)},
+        )
+        resp.force_close()
+        return resp
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+class _Server(web.Server):
+    """aiohttp's server, making :class:`_Handler` connection handlers."""
+
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+def install(app: web.Application) -> None:
+    """Have the servers aiohttp makes for ``app`` (the CLI's runner, a test server) answer
+    their own errors in OpenAI's shape with an ``x-request-id``."""
+    make = app._make_handler
+
+    def make_handler(**kwargs: Any) -> web.Server:
+        server = make(**kwargs)
+        # The server aiohttp built, made to build our handlers: its state stays as it is.
+        server.__class__ = _Server
+        return server
+
+    # Set on the instance like dispatch.install's handler, out of aiohttp's debug-mode check.
+    object.__setattr__(app, "_make_handler", make_handler)
