@@ -10,6 +10,7 @@ them as it did, and still closes the connection after them.
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,9 @@ from aiohttp.web_request import BaseRequest
 
 from aigw.errors import BadRequest, GatewayError
 from aigw.ids import request_id
+
+log = logging.getLogger("aigw")
+_MAX_DETAIL = 300
 
 
 class _Handler(RequestHandler):
@@ -31,6 +35,11 @@ class _Handler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        # The parser's message quotes the client's bytes: a few hundred characters of them
+        # are enough, and undecodable ones (which aiohttp's pure-Python parser keeps as
+        # surrogates) must not make building the reply fail.
+        if message is not None:
+            message = message[:_MAX_DETAIL].encode("utf-8", "backslashreplace").decode()
         # aiohttp's own: it logs the error, and raises if the response had already started.
         super().handle_error(request, status, exc, message)
         err: GatewayError
@@ -39,17 +48,22 @@ class _Handler(RequestHandler):
             text = "internal error in the gateway" if status == 500 else _phrase(status)
             err = GatewayError(text, status=status, type="server_error")
         else:
-            detail = message or _phrase(status)
             err = BadRequest(
-                f"The HTTP request could not be read: {detail}",
+                f"The HTTP request could not be read: {message or _phrase(status)}",
                 status=status,
                 code="invalid_http_request",
             )
+        # The client's id if it sent one; else a new one (for a request that could not be
+        # parsed, its headers were never read), logged so that the reply can be matched with
+        # aiohttp's log line above.
+        rid = request_id(request.headers)
+        if rid != request.headers.get("x-request-id"):
+            log.info("request %s: answered %d: %s", rid, status, err.message)
         resp = web.Response(
             status=status,
             body=err.body(),
             content_type="application/json",
-            headers={"x-request-id": request_id(request.headers)},
+            headers={"x-request-id": rid},
         )
         resp.force_close()
         return resp

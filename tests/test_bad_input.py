@@ -6,10 +6,14 @@ import asyncio
 import importlib.util
 import logging
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
+from aigw import http_errors
 from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
 
 CHAT = "/v1/chat/completions"
@@ -170,9 +174,12 @@ CHAT_BODY = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]
     ids=["bad-method", "bad-header-name", "header-too-long", "bad-content-length"],
 )
 async def test_requests_aiohttp_cannot_parse_get_openai_errors(
-    gateway: Gateway, upstream: Upstream, request_bytes: bytes
+    gateway: Gateway, upstream: Upstream, request_bytes: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    status, headers, body = await raw_exchange(gateway, request_bytes)
+    with caplog.at_level(logging.INFO, logger="aigw"):
+        status, headers, body = await raw_exchange(gateway, request_bytes)
+    # Its headers unread, the request gets a new id, logged so the reply can be traced.
+    assert any(headers["x-request-id"] in r.getMessage() for r in caplog.records)
     assert 400 <= status < 500
     assert headers["content-type"].startswith("application/json")
     assert headers["x-request-id"]
@@ -197,3 +204,17 @@ async def test_a_body_encoding_aiohttp_cannot_decode_gets_an_openai_error(
     assert status == 400 and headers["x-request-id"]
     assert "br" in orjson.loads(body)["error"]["message"]
     assert upstream.llm.calls == []
+
+
+async def test_parse_error_messages_are_bounded_and_always_encodable() -> None:
+    # The parser quotes the client's bytes in its message; aiohttp's pure-Python parser keeps
+    # undecodable ones as surrogates, which no UTF-8 reply can carry as they are.
+    server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
+    server.__class__ = http_errors._Server
+    handler = server()
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=mock.Mock(output_size=0))
+    resp = handler.handle_error(request, 400, None, "Invalid chunk size: \udcff" + "x" * 5000)
+    assert isinstance(resp, web.Response) and resp.status == 400
+    assert isinstance(resp.body, bytes)
+    message = orjson.loads(resp.body)["error"]["message"]
+    assert "\\udcff" in message and len(message) < 400
