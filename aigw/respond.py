@@ -1,9 +1,11 @@
 """Sending a :class:`~aigw.context.Reply` to the client through the response phase.
 
 Headers are sent only after every ``on_response_headers`` ran; after that nothing can change
-them. A whole body is one chunk. A stream is written chunk by chunk with back-pressure
-(``await resp.write``); if it breaks after the headers went out, the client gets an OpenAI
-``error`` event and the connection is closed, so a cut-off answer never looks complete.
+them. Headers aiohttp would refuse (a line break in a value a plugin set) get the client an
+OpenAI-style 500 instead, which ``on_log`` sees. A whole body is one chunk. A stream is
+written chunk by chunk with back-pressure (``await resp.write``); if it breaks after the
+headers went out, the client gets an OpenAI ``error`` event and the connection is closed, so a
+cut-off answer never looks complete.
 """
 
 from __future__ import annotations
@@ -78,23 +80,23 @@ async def _send_body(
         except Exception as err:
             reply = _error_reply(ctx, err, "on_response_chunk")
             body, ctx.status = reply.body, reply.status
+    resp: web.StreamResponse
     try:
         resp = web.Response(
             status=ctx.status, body=body, headers=reply.headers, content_type=reply.content_type
         )
+        _add_headers(ctx, resp.headers)
     except ValueError as err:  # a plugin's reply aiohttp refuses (a Content-Type header, say)
-        reply = _error_reply(ctx, err, f"building {ctx.replied_by}'s reply")
-        ctx.status = reply.status
-        resp = web.Response(
-            status=ctx.status,
-            body=reply.body,
-            headers=reply.headers,
-            content_type=reply.content_type,
-        )
-    _add_headers(ctx, resp.headers)
+        resp = _error_response(ctx, err, f"building {ctx.replied_by}'s reply")
     ctx.first_byte_at = time.perf_counter()
     try:
-        await resp.prepare(ctx.request)
+        try:
+            await resp.prepare(ctx.request)
+        except ValueError as err:
+            # aiohttp refused a header (a plugin's value with a line break) before it wrote
+            # or set up anything for a whole body's response: an OpenAI error goes instead.
+            resp = _error_response(ctx, err, "sending the response headers")
+            await resp.prepare(ctx.request)
         await resp.write_eof()
     except _CLIENT_GONE as err:
         ctx.error = err
@@ -118,14 +120,21 @@ async def _send_stream(
     if reply.content_type == SSE_CT:
         resp.charset = "utf-8"
         resp.headers["Cache-Control"] = "no-cache"
+    sending = _sendable(resp.headers)
+    if not sending:
+        # Checked here, not left to prepare(): a stream's headers set the connection's writer
+        # up for chunks before aiohttp refuses them, and an error reply after that is garbled.
+        error = ValueError("a response header holds a line break")
+        resp = _error_response(ctx, error, "sending the response headers")
     try:
         await resp.prepare(ctx.request)
-        async for chunk in reply.stream:
-            if ctx.first_byte_at is None and not chunk.startswith(b":"):  # not a keep-alive
-                ctx.first_byte_at = time.perf_counter()
-            if chains.chunk:
-                chunk = await pipeline.response_chunk(ctx, chunk, chains)
-            await resp.write(chunk)
+        if sending:  # else an error reply went instead of the stream
+            async for chunk in reply.stream:
+                if ctx.first_byte_at is None and not chunk.startswith(b":"):  # not a keep-alive
+                    ctx.first_byte_at = time.perf_counter()
+                if chains.chunk:
+                    chunk = await pipeline.response_chunk(ctx, chunk, chains)
+                await resp.write(chunk)
         await resp.write_eof()
     except _CLIENT_GONE as err:
         ctx.error = err
@@ -167,6 +176,26 @@ async def _close_stream(reply: Reply) -> None:
     aclose = getattr(reply.stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+def _sendable(headers: CIMultiDict[str]) -> bool:
+    """Whether aiohttp will send these headers: no line break in a name or a value."""
+    for name, value in headers.items():
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            return False
+    return True
+
+
+def _error_response(ctx: RequestContext, err: Exception, phase: str) -> web.Response:
+    """The error reply for ``err`` as a response, with none of the refused reply's headers
+    (one of them may be what was refused); sets ``ctx.status``."""
+    reply = _error_reply(ctx, err, phase)
+    ctx.status = reply.status
+    resp = web.Response(
+        status=reply.status, body=reply.body, headers=reply.headers, content_type=reply.content_type
+    )
+    resp.headers["x-request-id"] = ctx.request_id
+    return resp
 
 
 def _error_reply(ctx: RequestContext, err: Exception, phase: str) -> Reply:

@@ -35,6 +35,7 @@ from aigw.config import Settings
 from aigw.errors import GatewayError
 
 EVENTS: list[tuple[str, str]] = []
+IDS: list[str] = []
 
 
 class RecorderConfig(Settings):
@@ -102,6 +103,7 @@ class Recorder:
     @hookimpl
     async def on_log(self, ctx):
         EVENTS.append((self.label, f"log:{ctx.status}"))
+        IDS.append(ctx.request_id)
 
     @hookimpl
     async def startup(self, gateway):
@@ -191,11 +193,11 @@ async def test_plugins_can_read_the_body_the_core_read(
         assert await resp.json() == {"read": raw.decode(), "text": raw.decode()}
 
 
-async def test_a_response_aiohttp_answers_itself_carries_the_request_id(
+async def test_a_response_aiohttp_refuses_becomes_an_openai_error(
     make_gateway: GatewayFactory, recorder: ModuleType
 ) -> None:
-    # A header aiohttp refuses to send makes it answer 500 on its own, outside the core's
-    # reply; the app-wide stamp must still give it the request's id.
+    # A header value aiohttp refuses to send (a plugin's bug): an OpenAI error goes instead,
+    # with the request's id.
     gw = await make_gateway(conf(recorder, A={"bad_header": True}))
     async with gw.http.post(
         gw.url("/v1/chat/completions"), json=CHAT, headers={"x-request-id": "rid-500"}
@@ -204,6 +206,15 @@ async def test_a_response_aiohttp_answers_itself_carries_the_request_id(
         assert resp.headers["Content-Type"].startswith("application/json")
         err = (await resp.json())["error"]
         assert (err["type"], err["message"]) == ("server_error", "internal error in the gateway")
+    # Without a client id, the one the gateway gave the request, which the plugins log too
+    # (and they see the status the client got).
+    for stream in (False, True, False, True):  # one connection, kept alive throughout
+        async with gw.http.post(
+            gw.url("/v1/chat/completions"), json={**CHAT, "stream": stream}
+        ) as resp:
+            assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"
+            assert resp.headers["x-request-id"] == recorder.IDS[-1]
+        assert recorder.EVENTS[-1] == ("C", "log:500")
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:
