@@ -126,6 +126,8 @@ class ExactCachePlugin:
         self.failures = FailureLog(log)
         self.stats: Counter[str] = Counter()
         self._gateway: Gateway | None = None
+        # The memory store's lookup, called without a coroutine (see MemoryStore.peek).
+        self._peek = self.store.peek if isinstance(self.store, MemoryStore) else None
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
@@ -173,7 +175,7 @@ class ExactCachePlugin:
             # rather than leading a second flight upstream. (A memory lookup cannot
             # interleave, so its hits skip the flight.)
             state.leading = self.flights.lead(key)
-        reply = await self._lookup(ctx, state)
+        reply = self._look_here(ctx, state) if self._peek else await self._lookup(ctx, state)
         if reply is not None or not joining:
             return reply
         if self.store.local:
@@ -184,13 +186,29 @@ class ExactCachePlugin:
         return None
 
     async def _lookup(self, ctx: RequestContext, state: _State) -> Reply | None:
-        """A hit from the store, or ``None`` and a miss. A leading request's hit lands its
-        flight, so whoever joined it meanwhile is served the same record."""
+        """A hit from the store, or ``None`` and a miss."""
         try:
             record = await self.store.get(state.key)
         except (StoreError, InvalidRecord) as err:
             self.failures.failed("lookup", err)
             record = None
+        return self._answer(ctx, state, record)
+
+    def _look_here(self, ctx: RequestContext, state: _State) -> Reply | None:
+        """:meth:`_lookup` in the memory store, without awaiting anything."""
+        assert self._peek is not None
+        try:
+            record = self._peek(state.key)
+        except InvalidRecord as err:
+            self.failures.failed("lookup", err)
+            record = None
+        return self._answer(ctx, state, record)
+
+    def _answer(
+        self, ctx: RequestContext, state: _State, record: CacheRecord | None
+    ) -> Reply | None:
+        """The hit ``record`` makes, or ``None`` and a miss. A leading request's hit lands
+        its flight, so whoever joined it meanwhile is served the same record."""
         if record is not None:
             if record.key == state.key:
                 reply = self._replay(ctx, record)

@@ -772,6 +772,25 @@ async def test_garbage_in_redis_is_a_miss(
         await client.aclose()
 
 
+async def test_a_damaged_memory_entry_is_a_miss_counted_as_a_failure(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # The memory store is looked up without a coroutine (MemoryStore.peek): a held value that
+    # is no record must still be a miss and a counted failure there, then be stored afresh.
+    gw = await make_gateway(cache_conf(upstream, {"type": "memory"}))
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    await ask(gw)
+    await settle(gw)
+    [(key, (expires, size, _))] = cache.store._data.items()
+    cache.store._data[key] = (expires, size, b'{"v": 1, "response": null}')
+    status, completion = await ask(gw)
+    assert status == "miss" and completion.choices[0].message.content == ANSWER
+    assert cache.failures.counts["lookup"] == 1 and upstream.llm.chat_calls == 2
+    await settle(gw)
+    status, completion = await ask(gw)
+    assert status == "hit" and completion.choices[0].message.content == ANSWER
+
+
 async def test_slow_redis_is_bounded_by_the_timeout(
     make_gateway: GatewayFactory, upstream: Upstream, redis_server: RedisServer, key_prefix: str
 ) -> None:
