@@ -47,6 +47,7 @@ from benchmarks.run import (
     pin_cpus,
     progress,
     start_redis,
+    start_upstream,
     write_conf,
 )
 
@@ -203,18 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"pinning: {pinning}; all variants on cpu {min(targets) if targets else 'any'}")
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aigw-paired-")))
-        port = free_port()
-        upstream = Server(
-            "upstream",
-            [sys.executable, "-m", "benchmarks.upstream", "--host", HOST, "--port", str(port)],
-            port,
-            workdir,
-            None,
-        )
-        stack.callback(upstream.stop)
-        problem = upstream.wait_healthy("/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S)
-        if problem is not None:
-            progress(f"upstream {problem}:\n{upstream.log_tail()}")
+        upstream = start_upstream(workdir, stack)
+        if upstream is None:
             return 1
         needs_redis = any(v.scenario and "redis-server" in v.scenario.services for v in variants)
         redis = start_redis(workdir, stack) if needs_redis else None

@@ -386,6 +386,25 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def start_upstream(workdir: Path, stack: ExitStack) -> Server | None:
+    """The mock upstream on this process's (helper) CPUs, stopped with ``stack``; None (the
+    reason is printed) when it does not come up."""
+    port = free_port()
+    upstream = Server(
+        "upstream",
+        [sys.executable, "-m", "benchmarks.upstream", "--host", HOST, "--port", str(port)],
+        port,
+        workdir,
+        None,  # inherits this process's (helper) CPUs
+    )
+    stack.callback(upstream.stop)
+    problem = upstream.wait_healthy("/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S)
+    if problem is not None:
+        progress(f"upstream {problem}:\n{upstream.log_tail()}")
+        return None
+    return upstream
+
+
 def start_redis(workdir: Path, stack: ExitStack) -> str | None:
     """A redis-server of the benchmark's own: a free port, no persistence, on this process's
     CPUs (with the generator and the upstream), so the Redis target neither depends on nor
@@ -920,18 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aigw-bench-")))
         generator = pick_generator(args.generator, runner, workdir, loop)
         progress(f"load generator: {generator.description}")
-        port = free_port()
-        upstream = Server(
-            "upstream",
-            [sys.executable, "-m", "benchmarks.upstream", "--host", HOST, "--port", str(port)],
-            port,
-            workdir,
-            None,  # inherits this process's (helper) CPUs
-        )
-        stack.callback(upstream.stop)
-        problem = upstream.wait_healthy("/", frozenset({200, 404}), HELPER_HEALTH_TIMEOUT_S)
-        if problem is not None:
-            progress(f"upstream {problem}:\n{upstream.log_tail()}")
+        upstream = start_upstream(workdir, stack)
+        if upstream is None:
             return 1
         needs_redis = any(t.scenario and "redis-server" in t.scenario.services for t in targets)
         redis = start_redis(workdir, stack) if needs_redis else None
