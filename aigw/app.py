@@ -88,6 +88,12 @@ def _api_handler(
             # The client went away (handler cancellation); nginx's "client closed request".
             ctx.status = ctx.status or 499
             raise
+        except Exception as err:
+            # A bug outside the plugins' hooks (a terminal plugin's resolve_target, say):
+            # aiohttp logs it and answers 500 (aigw.http_errors), with this request's id.
+            ctx.status, ctx.error = ctx.status or 500, err
+            http_errors.keep_id(request, ctx.request_id)
+            raise
         finally:
             ctx.finished_at = time.perf_counter()
             await pipeline.log(ctx)

@@ -24,6 +24,18 @@ from aigw.ids import request_id
 log = logging.getLogger("aigw")
 _MAX_DETAIL = 300
 
+# Where the core leaves a request's id when its handler raises, so that aiohttp's 500 carries
+# the id the gateway logged. aiohttp 3.14 wants a RequestKey there (it warns about a string);
+# earlier versions have none.
+_ID_KEY: Any = (
+    web.RequestKey("aigw.request_id", str) if hasattr(web, "RequestKey") else "aigw.request_id"
+)
+
+
+def keep_id(request: web.Request, rid: str) -> None:
+    """Have the error reply aiohttp builds for ``request`` (its handler raised) carry ``rid``."""
+    request[_ID_KEY] = rid
+
 
 class _Handler(RequestHandler):
     """aiohttp's connection handler, with OpenAI-style error replies."""
@@ -53,10 +65,11 @@ class _Handler(RequestHandler):
                 status=status,
                 code="invalid_http_request",
             )
-        # The client's id if it sent one; else a new one (for a request that could not be
-        # parsed, its headers were never read), logged so that the reply can be matched with
-        # aiohttp's log line above.
-        rid = request_id(request.headers)
+        # The id the gateway gave the request (kept by a handler that raised); else the
+        # client's if it sent one; else a new one (for a request that could not be parsed, its
+        # headers were never read), logged so that the reply can be matched with aiohttp's
+        # log line above.
+        rid = request.get(_ID_KEY) or request_id(request.headers)
         if rid != request.headers.get("x-request-id"):
             log.info("request %s: answered %d: %s", rid, status, err.message)
         resp = web.Response(

@@ -20,7 +20,7 @@ from aiohttp import ClientPayloadError
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from aigw.app import create_app
+from aigw.app import PLUGINS, create_app
 from aigw.config import load_config
 from aigw.context import Reply, RequestContext
 from aigw.pipeline import ResponseChains
@@ -215,6 +215,24 @@ async def test_a_response_aiohttp_refuses_becomes_an_openai_error(
             assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"
             assert resp.headers["x-request-id"] == recorder.IDS[-1]
         assert recorder.EVENTS[-1] == ("C", "log:500")
+
+
+async def test_a_handler_that_raises_gets_a_500_with_the_requests_own_id(
+    make_gateway: GatewayFactory, recorder: ModuleType
+) -> None:
+    # A bug outside the plugins' hooks escapes the core's handler: aiohttp answers it, and
+    # its 500 must carry the id the plugins logged (no client id here), with that status.
+    gw = await make_gateway(conf(recorder))
+    terminal = gw.server.app[PLUGINS].terminal
+
+    def broken(model: str) -> None:
+        raise RuntimeError("a terminal plugin's bug")
+
+    terminal.resolve_target = broken  # type: ignore[method-assign]
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=CHAT) as resp:
+        assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"
+        assert resp.headers["x-request-id"] == recorder.IDS[-1]
+    assert recorder.EVENTS[-1] == ("C", "log:500")
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:
