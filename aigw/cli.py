@@ -229,19 +229,18 @@ def _run_worker(config: Config, parent: int | None) -> None:
         uvloop.install()
     except ImportError:
         pass
-    reuse_port = parent is not None
     if parent is not None:
         # SIGINT is ignored here (inherited from the parent, which stops the workers itself
         # with SIGTERM).
         _follow_parent(parent)
     try:
-        asyncio.run(_serve(config, reuse_port))
+        asyncio.run(_serve(config, worker=parent is not None))
     except Exception as err:  # a plugin that cannot start, a port in use: say so, exit 1
         log.error("aigw cannot start: %s", err)
         raise SystemExit(1) from None
 
 
-async def _serve(config: Config, reuse_port: bool) -> None:
+async def _serve(config: Config, worker: bool) -> None:
     from aiohttp import web
 
     from aigw.app import GATEWAY, create_app
@@ -260,18 +259,23 @@ async def _serve(config: Config, reuse_port: bool) -> None:
     )
     try:
         await runner.setup()  # inside: plugins started before a failing one are shut down
-        await web.TCPSite(runner, g.host, g.port, reuse_port=reuse_port).start()
+        # --workers share the port: SO_REUSEPORT (the parent checked that it was free).
+        await web.TCPSite(runner, g.host, g.port, reuse_port=worker).start()
         _tune_gc()
         # Handlers first: a supervisor may signal as soon as it reads the "serving" line.
+        # A --workers worker leaves SIGINT ignored: the terminal's Ctrl-C reaches it too, and
+        # it is the parent's to act on (with SIGTERM, which would otherwise be a second
+        # signal here, and exit the worker at once with 1).
+        stop_signals = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, stop.set)
         for host, port, *_ in runner.addresses:
             log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
         await stop.wait()
         app[GATEWAY].shutdown_deadline = loop.time() + g.shutdown_timeout_s
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, _exit_now, sig)
         log.info(
             "shutting down (within %ss; a second signal exits at once): finishing in-flight "

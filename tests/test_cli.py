@@ -675,6 +675,38 @@ async def test_ctrl_c_during_start_up_stops_without_a_traceback(
         assert rc == 0  # the parent stopped its workers, as asked
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (its SigIgn mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16
+    )
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+async def test_ctrl_c_stops_serving_workers_cleanly() -> None:
+    # The terminal's Ctrl-C reaches every process of the job. Serving workers must leave it
+    # to the parent, which stops them with SIGTERM: a worker that stopped on the Ctrl-C
+    # itself took the parent's SIGTERM for a second signal and exited 1 ("exiting now").
+    args = ("--port", str(free_port()), "--workers", "2")
+    proc = await spawn_aigw(SHIPPED, child_env(), *args, new_session=True)
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(2):
+                await read_until(proc, SERVING)
+            workers = psutil_children(proc.pid)
+            assert len(workers) == 2 and all(ignores_sigint(w) for w in workers)
+            os.killpg(proc.pid, signal.SIGINT)
+            rest = (await proc.stderr.read()).decode()
+            rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert rc == 0 and "exiting now" not in rest, rest
+
+
 async def test_in_flight_streams_get_half_the_shutdown_budget(tmp_path: Path) -> None:
     # A stream far longer than the budget: cut at half of it, so the write-backs and the
     # plugins still have the other half (it once ran on to the whole budget).
