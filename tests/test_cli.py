@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -620,6 +620,24 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path, workers: 
             assert rc == 1 and ("exiting now" in rest or workers > 1)
 
 
+async def ctrl_c_once(
+    proc: asyncio.subprocess.Process, ready: Callable[[], Awaitable[None]]
+) -> tuple[int, str]:
+    """Once ``ready`` returns, Ctrl-C the job as a terminal does (SIGINT to its whole process
+    group); its exit code and the output that followed."""
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            await ready()
+            os.killpg(proc.pid, signal.SIGINT)
+            rest = (await proc.stderr.read()).decode()
+            return await proc.wait(), rest
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_ctrl_c_during_start_up_stops_without_a_traceback(
     tmp_path: Path, workers: int
@@ -655,18 +673,12 @@ async def test_ctrl_c_during_start_up_stops_without_a_traceback(
         starting = re.compile("a worker is starting, Ctrl-C ignored: True")
     env = child_env(PYTHONPATH=str(tmp_path))
     proc = await spawn_aigw(conf, env, *args, new_session=True)
-    assert proc.stderr is not None
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            for _ in range(workers):
-                await read_until(proc, starting)
-            os.killpg(proc.pid, signal.SIGINT)
-            rest = (await proc.stderr.read()).decode()
-            rc = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+
+    async def started() -> None:
+        for _ in range(workers):
+            await read_until(proc, starting)
+
+    rc, rest = await ctrl_c_once(proc, started)
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     if workers == 1:
         assert rc == 130 and "interrupted during start-up" in rest
@@ -690,20 +702,14 @@ async def test_ctrl_c_stops_serving_workers_cleanly() -> None:
     # itself took the parent's SIGTERM for a second signal and exited 1 ("exiting now").
     args = ("--port", str(free_port()), "--workers", "2")
     proc = await spawn_aigw(SHIPPED, child_env(), *args, new_session=True)
-    assert proc.stderr is not None
-    try:
-        async with asyncio.timeout(TIMEOUT_S):
-            for _ in range(2):
-                await read_until(proc, SERVING)
-            workers = psutil_children(proc.pid)
-            assert len(workers) == 2 and all(ignores_sigint(w) for w in workers)
-            os.killpg(proc.pid, signal.SIGINT)
-            rest = (await proc.stderr.read()).decode()
-            rc = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+
+    async def serving() -> None:
+        for _ in range(2):
+            await read_until(proc, SERVING)
+        workers = psutil_children(proc.pid)
+        assert len(workers) == 2 and all(ignores_sigint(w) for w in workers)
+
+    rc, rest = await ctrl_c_once(proc, serving)
     assert rc == 0 and "exiting now" not in rest, rest
 
 
