@@ -275,7 +275,11 @@ async def _serve(config: Config, worker: bool) -> None:
             log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
         await stop.wait()
         app[GATEWAY].shutdown_deadline = loop.time() + g.shutdown_timeout_s
-        for sig in stop_signals:
+        # A worker shares the parent's process group, so a signal sent to the whole group
+        # (a Ctrl-C, systemd's stop, an init forwarding SIGTERM) reaches it once from there and
+        # once more from the parent: not a second signal. The parent answers a real second
+        # one by killing its workers.
+        for sig in () if worker else stop_signals:
             loop.add_signal_handler(sig, _exit_now, sig)
         log.info(
             "shutting down (within %ss; a second signal exits at once): finishing in-flight "

@@ -713,6 +713,41 @@ async def test_ctrl_c_stops_serving_workers_cleanly() -> None:
     assert rc == 0 and "exiting now" not in rest, rest
 
 
+async def test_a_sigterm_to_the_whole_job_stops_workers_cleanly(tmp_path: Path) -> None:
+    # A SIGTERM sent to the process group (systemd's stop, an init that forwards to the group)
+    # reaches each worker from there and once more from the parent. That second one is no
+    # second signal: workers took it for one and exited at once with 1 ("exiting now"),
+    # cutting in-flight requests. Here the group's signal reaches the workers first and the
+    # parent's comes while they are shutting down, which a plugin slow to stop makes last.
+    conf = fine_then(
+        tmp_path,
+        "SlowToStop",
+        "    @hookimpl\n"
+        "    async def shutdown(self):\n"
+        "        await asyncio.Event().wait()  # until its shutdown budget is over\n",
+    )
+    (conf / "00-gateway.yaml").write_text("gateway:\n  shutdown_timeout_s: 2\n")
+    args = ("--port", str(free_port()), "--workers", "2")
+    proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)), *args, new_session=True)
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            for _ in range(2):
+                await read_until(proc, SERVING)
+            for worker in psutil_children(proc.pid):
+                os.kill(worker, signal.SIGTERM)
+            for _ in range(2):
+                await read_until(proc, re.compile("shutting down"))
+            proc.send_signal(signal.SIGTERM)  # the parent passes it on to its workers
+            rest = (await proc.stderr.read()).decode()
+            rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert rc == 0 and "exiting now" not in rest, rest
+
+
 async def test_in_flight_streams_get_half_the_shutdown_budget(tmp_path: Path) -> None:
     # A stream far longer than the budget: cut at half of it, so the write-backs and the
     # plugins still have the other half (it once ran on to the whole budget).
