@@ -90,8 +90,8 @@ def _api_handler(
             raise
         except Exception as err:
             # A bug outside the plugins' hooks (a terminal plugin's resolve_target, say):
-            # aiohttp logs it and answers 500 (aigw.http_errors), with this request's id.
-            ctx.status, ctx.error = ctx.status or 500, err
+            # aiohttp logs it and answers it (aigw.http_errors), with this request's id.
+            ctx.status, ctx.error = ctx.status or http_errors.status_for(err), err
             http_errors.keep_id(request, ctx.request_id)
             raise
         finally:
@@ -129,7 +129,8 @@ def _api_handler(
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Every response, including plugins' own routes and 404s, carries an ``x-request-id``."""
     if "x-request-id" not in response.headers:
-        response.headers["x-request-id"] = request_id(request.headers)
+        rid = http_errors.kept_id(request) or request_id(request.headers)
+        response.headers["x-request-id"] = rid
 
 
 def _get_only(handler: Handler) -> Handler:

@@ -37,6 +37,20 @@ def keep_id(request: web.Request, rid: str) -> None:
     request[_ID_KEY] = rid
 
 
+def kept_id(request: BaseRequest) -> str | None:
+    """The id :func:`keep_id` left on ``request``, if any."""
+    rid: str | None = request.get(_ID_KEY)
+    return rid
+
+
+def status_for(err: Exception) -> int:
+    """The status aiohttp answers an exception escaping a handler with: an HTTPException's
+    own, 504 for a timeout, else 500."""
+    if isinstance(err, web.HTTPException):
+        return err.status
+    return 504 if isinstance(err, TimeoutError) else 500
+
+
 class _Handler(RequestHandler):
     """aiohttp's connection handler, with OpenAI-style error replies."""
 
@@ -69,7 +83,7 @@ class _Handler(RequestHandler):
         # client's if it sent one; else a new one (for a request that could not be parsed, its
         # headers were never read), logged so that the reply can be matched with aiohttp's
         # log line above.
-        rid = request.get(_ID_KEY) or request_id(request.headers)
+        rid = kept_id(request) or request_id(request.headers)
         if rid != request.headers.get("x-request-id"):
             log.info("request %s: answered %d: %s", rid, status, err.message)
         resp = web.Response(

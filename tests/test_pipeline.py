@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import ClientPayloadError
 from aiohttp.test_utils import TestServer
+from aiohttp.web import HTTPBadRequest
 from multidict import CIMultiDict
 
 from aigw.app import PLUGINS, create_app
@@ -217,22 +218,33 @@ async def test_a_response_aiohttp_refuses_becomes_an_openai_error(
         assert recorder.EVENTS[-1] == ("C", "log:500")
 
 
-async def test_a_handler_that_raises_gets_a_500_with_the_requests_own_id(
-    make_gateway: GatewayFactory, recorder: ModuleType
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (RuntimeError("a terminal plugin's bug"), 500),
+        (TimeoutError(), 504),
+        (HTTPBadRequest(), 400),
+    ],
+)
+async def test_a_handler_that_raises_is_answered_with_the_requests_own_id(
+    make_gateway: GatewayFactory, recorder: ModuleType, error: Exception, status: int
 ) -> None:
-    # A bug outside the plugins' hooks escapes the core's handler: aiohttp answers it, and
-    # its 500 must carry the id the plugins logged (no client id here), with that status.
+    # An exception escaping the core's handler (outside the plugins' hooks) is answered by
+    # aiohttp, with the status it picks for it: the reply must carry the id the plugins
+    # logged (no client id here), and on_log must see that status.
     gw = await make_gateway(conf(recorder))
     terminal = gw.server.app[PLUGINS].terminal
 
     def broken(model: str) -> None:
-        raise RuntimeError("a terminal plugin's bug")
+        raise error
 
     terminal.resolve_target = broken  # type: ignore[method-assign]
     async with gw.http.post(gw.url("/v1/chat/completions"), json=CHAT) as resp:
-        assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"
+        assert resp.status == status
         assert resp.headers["x-request-id"] == recorder.IDS[-1]
-    assert recorder.EVENTS[-1] == ("C", "log:500")
+        if status >= 500:
+            assert (await resp.json())["error"]["type"] == "server_error"
+    assert recorder.EVENTS[-1] == ("C", f"log:{status}")
 
 
 async def test_hook_on_response_headers(make_gateway: GatewayFactory, recorder: ModuleType) -> None:
