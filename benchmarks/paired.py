@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -73,9 +74,13 @@ def parse_variant(spec: str, default_aigw: str | None) -> Variant:
     name, sep, rest = spec.partition("=")
     target, _, command = rest.partition(":")
     scenarios = {s.name: s for s in SCENARIOS}
-    if not sep or not name or (target != "bare" and target not in scenarios):
+    if not sep or (target != "bare" and target not in scenarios):
         known = ", ".join(["bare", *scenarios])
         raise SystemExit(f"bad variant {spec!r}: want NAME=TARGET[:COMMAND], TARGET one of {known}")
+    # The name names the variant's files (its log, its wrk script's folder) beside the
+    # upstream's and Redis's.
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in ("upstream", "redis"):
+        raise SystemExit(f"bad variant name {name!r}: letters, digits, _ . - (not upstream, redis)")
     if target == "bare":
         return Variant(name, target, None, None)
     base = shlex.split(command) if command else aigw_command(default_aigw)
