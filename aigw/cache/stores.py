@@ -69,8 +69,10 @@ class MemoryStore:
     (the record's dicts, lists and strings), a full store scattered the heap so that every
     request ran slower, each eviction freeing cold objects all over it and the next
     request's objects landing in those holes (a miss cost 1.36-1.49 times the CPU of the
-    proxy alone; 1.20 times held serialised; see benchmarks/README.md). A record that fails
-    to decode is dropped and raises :class:`~aigw.cache.record.InvalidRecord`.
+    proxy alone; 1.20 times held serialised; see benchmarks/README.md). On another machine,
+    loads run side by side (benchmarks/paired.py) found no difference between the two (within
+    1.5%): holding bytes costs nothing there and helped here. A record that fails to decode
+    is dropped and raises :class:`~aigw.cache.record.InvalidRecord`.
     """
 
     local = True
