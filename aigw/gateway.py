@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from aigw.config import Config
+from aigw.http_client import HTTPClient
 
 log = logging.getLogger("aigw")
 
@@ -19,7 +20,9 @@ class Gateway:
 
     ``session`` is the one pooled :class:`aiohttp.ClientSession` of the process (created when
     the app starts; never create one per request). It keeps no cookies: it is shared by every
-    client. :meth:`spawn` runs work after the reply
+    client. ``client`` is the lean HTTP/1.1 client (:mod:`aigw.http_client`) for calls on the
+    hot path, upstream LLM calls: it costs a fraction of the session's CPU per call.
+    :meth:`spawn` runs work after the reply
     (cache write-back) with a strong reference, so it is not garbage-collected mid-flight and
     shutdown can wait for it.
     """
@@ -28,6 +31,7 @@ class Gateway:
         self.config = config
         self.settings = config.gateway
         self._session: aiohttp.ClientSession | None = None
+        self._client: HTTPClient | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Event-loop time by which shutdown must be over (set when the stop signal arrives).
         self.shutdown_deadline: float | None = None
@@ -39,8 +43,16 @@ class Gateway:
             raise RuntimeError("the gateway's ClientSession exists only while the app runs")
         return self._session
 
+    @property
+    def client(self) -> HTTPClient:
+        """The shared lean client; only valid between start-up and shutdown."""
+        if self._client is None:
+            raise RuntimeError("the gateway's HTTP client exists only while the app runs")
+        return self._client
+
     def open_session(self) -> aiohttp.ClientSession:
-        """Create the shared session (called by the app on start-up, inside the loop)."""
+        """Create the shared session and client (called by the app on start-up, in the loop)."""
+        self._client = HTTPClient()
         # No total timeout: streams may last minutes; callers set connect/read timeouts.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
@@ -55,7 +67,10 @@ class Gateway:
         return self._session
 
     async def close_session(self) -> None:
-        """Close the shared session."""
+        """Close the shared session and client."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -24,6 +24,7 @@ from aigw.context import SSE_CT, Reply, RequestContext, Target
 from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
 from aigw.gateway import Gateway
 from aigw.headers import downstream_headers, upstream_headers
+from aigw.http_client import HTTPClientError
 
 from .config import ProviderConfig, ProviderProxyConfig
 from .mock import MockProvider
@@ -53,7 +54,6 @@ class ProviderProxyPlugin:
             for p in self.providers.values()
         }
         self._own_routers = {name: ModelRouter([p]) for name, p in self.providers.items()}
-        self._session: aiohttp.ClientSession | None = None
 
     def resolve_target(self, model: str) -> Target | None:
         """The provider and upstream model serving ``model``."""
@@ -99,7 +99,9 @@ class ProviderProxyPlugin:
 
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
-        self._session = gateway.session
+        for backend in self.backends.values():
+            if isinstance(backend, Upstream):
+                backend.start(gateway)
         for line in self.describe():
             log.info("provider %s", line)
         in_use = set.union(*self.serving())  # a fallback mock answers too, when it is reached
@@ -161,8 +163,7 @@ class ProviderProxyPlugin:
         body = ctx.body if payload is ctx.payload else orjson.dumps(payload)
         headers = upstream_headers(ctx.request.headers)
         headers["x-request-id"] = ctx.request_id
-        assert self._session is not None
-        resp = await backend.post(self._session, ctx.api, target.model, body, headers)
+        resp = await backend.post(ctx.api, target.model, body, headers)
         if not last and (resp.status == 429 or resp.status >= 500):
             resp.release()  # a fallback follows; this answer is not the client's
             raise UpstreamError(f"upstream {target.provider} answered {resp.status}")
@@ -174,7 +175,7 @@ class ProviderProxyPlugin:
             raw = await resp.read()
         except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
             raise UpstreamTimeout(f"upstream {target.provider} stalled mid-answer") from e
-        except aiohttp.ClientError as e:
+        except (HTTPClientError, aiohttp.ClientError) as e:
             raise UpstreamError(f"upstream {target.provider} broke the response: {e!r}") from e
         finally:
             resp.release()

@@ -19,7 +19,10 @@ import orjson
 from aigw.completion import StreamAssembler
 from aigw.context import RequestContext
 from aigw.errors import UpstreamError, UpstreamTimeout, error_body
+from aigw.http_client import HTTPClientError
 from aigw.sse import COMMENT, DONE, SSEParser
+
+from .upstream import UpstreamResponse
 
 
 async def relay_stream(
@@ -60,7 +63,7 @@ async def relay_stream(
                 yield _event(data)
     except TimeoutError as err:
         raise UpstreamTimeout(f"upstream {provider} stalled mid-stream") from err
-    except aiohttp.ClientError as err:
+    except (HTTPClientError, aiohttp.ClientError) as err:
         raise UpstreamError(f"upstream {provider} broke the stream: {err!r}") from err
     raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
 
@@ -91,9 +94,9 @@ class Relay:
     collector whenever an exception holds a reference to it.
     """
 
-    def __init__(self, events: AsyncGenerator[bytes, None], resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], resp: UpstreamResponse) -> None:
         self._events = events
-        self._resp: aiohttp.ClientResponse | None = resp
+        self._resp: UpstreamResponse | None = resp
 
     def __aiter__(self) -> Relay:
         return self

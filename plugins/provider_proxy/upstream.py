@@ -1,6 +1,10 @@
 """Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts,
 and the egress proxy (:mod:`.egress`).
 
+Calls go through the gateway's lean client (:mod:`aigw.http_client`), which costs a fraction
+of aiohttp's CPU per call; a provider reached through an egress proxy uses the aiohttp session,
+which does the proxy's ``CONNECT`` tunnels and credentials.
+
 Retries happen only here, before anything reached the client: on connection errors and
 connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds), on 5xx, and
 on 401/403 when another API key is configured, with exponential backoff, moving to the next API
@@ -12,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from aigw.context import Api
 from aigw.errors import UpstreamError, UpstreamTimeout
+from aigw.gateway import Gateway
+from aigw.http_client import ConnectTimeout, HTTPClientError, Origin, ReadTimeout, Response
 
 from .config import ProviderConfig
 from .egress import egress_proxy
@@ -29,6 +35,8 @@ _PATHS: dict[Api, str] = {
     "completions": "/completions",
     "embeddings": "/embeddings",
 }
+#: An upstream's answer, from either client: the same attributes are used of both.
+UpstreamResponse = Response | aiohttp.ClientResponse
 # Retry-After above this is not waited for: the client (or a fallback) gets the 429 now.
 _MAX_RETRY_AFTER_S = 2.0
 
@@ -45,6 +53,10 @@ class Upstream:
             for key in cfg.keys or [""]
         ]
         self._turn = itertools.count()  # spreads requests over the keys
+        parts = urlsplit(cfg.url)
+        self._origin_len = len(f"{parts.scheme}://{parts.netloc}")  # url()[this:]: the target
+        self._session: aiohttp.ClientSession | None = None
+        self._origin: Origin | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
         )
@@ -59,6 +71,14 @@ class Upstream:
             else:
                 for key_headers in self._headers:
                     key_headers["Proxy-Authorization"] = proxy_auth
+
+    def start(self, gateway: Gateway) -> None:
+        """Take the gateway's clients (at start-up): the lean one unless there is a proxy."""
+        self._session = gateway.session
+        if self.proxy is None:
+            self._origin = gateway.client.origin(
+                self.cfg.url, self.cfg.connect_timeout_s, self.cfg.read_timeout_s
+            )
 
     def url(self, api: Api, model: str) -> str:
         """The endpoint for ``api`` (Azure puts the deployment in the path)."""
@@ -79,13 +99,8 @@ class Upstream:
         return {"Authorization": f"Bearer {key}"}
 
     async def post(
-        self,
-        session: aiohttp.ClientSession,
-        api: Api,
-        model: str,
-        body: bytes,
-        headers: dict[str, str],
-    ) -> aiohttp.ClientResponse:
+        self, api: Api, model: str, body: bytes, headers: dict[str, str]
+    ) -> UpstreamResponse:
         """POST with retries; returns the final response (its body not yet read).
 
         ``headers`` is this request's own dict: each attempt writes its API key's headers into
@@ -99,20 +114,15 @@ class Upstream:
             last = attempt == attempts - 1
             headers.update(self._headers[(first + attempt) % len(self._headers)])
             try:
-                resp = await session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._timeout,
-                    proxy=self.proxy,
-                    proxy_headers=self._proxy_headers,
-                )
-            except aiohttp.ServerTimeoutError as err:
-                if isinstance(err, aiohttp.ConnectionTimeoutError) and not last:
+                resp = await self._send(url, body, headers)
+            except (ConnectTimeout, aiohttp.ConnectionTimeoutError) as err:
+                if not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")
                     continue
                 raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
-            except aiohttp.ClientError as err:
+            except (ReadTimeout, aiohttp.ServerTimeoutError) as err:
+                raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
+            except (HTTPClientError, aiohttp.ClientError) as err:
                 if last:
                     raise UpstreamError(f"upstream {self.name} is unreachable: {err}") from err
                 await self._backoff(attempt, None, f"connection error: {err}")
@@ -126,7 +136,20 @@ class Upstream:
             await self._backoff(attempt, retry_after, f"status {resp.status}")
         raise AssertionError("unreachable")  # the last attempt always returns or raises
 
-    def _retryable(self, resp: aiohttp.ClientResponse) -> bool:
+    async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        if self._origin is not None:
+            return await self._origin.post(url[self._origin_len :], body, headers)
+        assert self._session is not None, "start() was not called"
+        return await self._session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=self._timeout,
+            proxy=self.proxy,
+            proxy_headers=self._proxy_headers,
+        )
+
+    def _retryable(self, resp: UpstreamResponse) -> bool:
         if resp.status in (401, 403):
             return len(self.cfg.keys) > 1  # a refused key: the next one may work
         return resp.status == 429 or resp.status >= 500
@@ -137,7 +160,7 @@ class Upstream:
         await asyncio.sleep(delay)
 
 
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+def _retry_after(resp: UpstreamResponse) -> float | None:
     try:
         return float(resp.headers.get("Retry-After", ""))
     except ValueError:
