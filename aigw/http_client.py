@@ -2,19 +2,24 @@
 
 Why not aiohttp's ``ClientSession``: it builds a request object, URL, header multidicts,
 payload, timer and trace context per call, and that was the largest part of the CPU a proxied
-request took (``benchmarks/paired.py``, proxy-only at c=32: 273 µs a request through
-``ClientSession``, 154 µs through this client; see benchmarks/README.md). A gateway pays it on
+request took (``benchmarks/paired.py``, proxy-only at c=32: a request through this client took
+0.56 of the CPU it took through ``ClientSession``, in two runs; see benchmarks/README.md). A gateway pays it on
 every cache miss, so upstream calls go through this instead. ``Gateway.session`` (aiohttp) stays
 for plugins' other calls, and for providers reached through an egress proxy, which this
 client does not do.
 
 What it does: keep-alive connections pooled per origin (the most recently used first; idle
-ones closed after ``keepalive_s``), ``http`` and ``https`` (the system's CA store, SNI, as
-aiohttp verifies); a request is one write (head and body together); responses framed by
-``Content-Length``, ``chunked`` or the connection's end, ``gzip``/``deflate`` decoded,
-informational (1xx) answers skipped. Streamed bodies have back-pressure: reading from the
-socket pauses while more than 64 KiB wait unread. What it does not do: redirects, cookies,
-proxies, HTTP/2, ``Expect: 100-continue``.
+ones closed after ``keepalive_s`` by a timer); ``http`` and ``https`` (the system's CA store,
+or ``SSL_CERT_FILE``; certificate and host name verified, SNI); addresses looked up once per
+5 minutes and shared by concurrent connects, tried by happy eyeballs (RFC 8305: the next
+address 250 ms after the last, so a dead one is passed over); a request is one write (head
+and body together); ``Host``, ``User-Agent``, ``Accept-Encoding: gzip, deflate`` and basic
+auth from credentials in the URL unless the caller sets them, ``Content-Length`` always its
+own; responses framed by ``Content-Length``, ``chunked`` or the connection's end (a reset
+there is an error, not an end), ``gzip``/``deflate`` (zlib or raw) decoded, informational (1xx)
+answers skipped. Streamed bodies have back-pressure: reading from the socket pauses while more
+than 64 KiB wait unread. What it does not do: redirects (a 3xx reaches the caller as it is),
+cookies, proxies, HTTP/2, ``Expect: 100-continue``.
 
 Failures raise :class:`HTTPClientError`: :class:`ConnectError` (no connection, TLS refused),
 :class:`ConnectTimeout` (TCP and TLS took longer than the connect timeout),
@@ -27,13 +32,16 @@ without ``Connection: close``; any failure closes it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import socket
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Final, cast
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from aigw import __version__
@@ -46,6 +54,9 @@ _DEFAULT_HEADERS: Final = (
     ("User-Agent", f"aigw/{__version__}"),
     ("Accept-Encoding", "gzip, deflate"),
 )
+_FRAMING: Final = frozenset({"content-length", "transfer-encoding"})  # the client's own
+_DNS_TTL_S: Final = 300.0  # how long resolved addresses are reused (aiohttp's was set so too)
+_HAPPY_EYEBALLS_DELAY_S: Final = 0.25  # RFC 8305's: the next address is tried after this
 
 
 class HTTPClientError(Exception):
@@ -69,6 +80,8 @@ class ResponseError(HTTPClientError):
 
 
 _ssl_context: ssl.SSLContext | None = None
+# What getaddrinfo returns: family, type, protocol, canonical name, address.
+_AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 
 
 def _default_ssl() -> ssl.SSLContext:
@@ -217,6 +230,7 @@ class _Connection(asyncio.Protocol):
         self._chunked = False
         self._trailers = False  # a chunked body's last chunk was read: trailers follow
         self._decoder: zlib._Decompress | None = None
+        self._deflate = False  # a deflate body whose first bytes say which deflate it is
         self._reusable = True
         self._paused = False
         self._read_timeout = 0.0
@@ -244,7 +258,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.origin.forget(self)
         self._cancel_timer()
-        if self._body is not None and self._left == -1 and not self._chunked:
+        if exc is None and self._body is not None and self._left == -1 and not self._chunked:
             body, self._body = self._body, None
             self._flush_decoder(body)
             body._end()  # a body framed by the connection's end: complete
@@ -370,13 +384,12 @@ class _Connection(asyncio.Protocol):
         else:
             self._left, self._reusable = -1, False
         coding = headers.get("Content-Encoding", "identity").lower().strip()
+        self._decoder, self._deflate = None, False
         if coding == "gzip":
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif coding == "deflate":
-            self._decoder = zlib.decompressobj(0)  # wbits 0: from the zlib header
-        elif coding in ("identity", ""):
-            self._decoder = None
-        else:
+            self._deflate = True
+        elif coding not in ("identity", ""):
             raise ResponseError(f"unsupported Content-Encoding {coding!r}")
 
     def _parse_body(self) -> bool:
@@ -440,6 +453,12 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _deliver(self, body: Body, data: bytes) -> None:
+        if self._deflate:
+            # "deflate" is meant as zlib's format, but some servers send raw deflate: a zlib
+            # stream's first byte names the method (8) in its low bits.
+            self._deflate = False
+            raw = data[0] & 0x0F != 8
+            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
@@ -528,28 +547,46 @@ class Origin:
         self.port = parts.port or (443 if self.tls else 80)
         default = 443 if self.tls else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self._host_header = host if self.port == default else f"{host}:{self.port}"
+        host = host if self.port == default else f"{host}:{self.port}"
+        self._host_line = f"Host: {host}\r\n"
+        # (lower-case name, line): sent unless the caller sends that header itself.
+        self._defaults = [(n.lower(), f"{n}: {v}\r\n") for n, v in _DEFAULT_HEADERS]
+        if parts.username is not None:  # credentials in the URL: basic auth, as aiohttp did
+            user = f"{parts.username}:{parts.password or ''}".encode()
+            basic = base64.b64encode(user).decode()
+            self._defaults.append(("authorization", f"Authorization: Basic {basic}\r\n"))
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
         self._idle: collections.deque[_Connection] = collections.deque()
         self._all: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._addresses: Sequence[_AddrInfo] = ()
+        self._addresses_until = 0.0
+        self._resolving: asyncio.Task[Sequence[_AddrInfo]] | None = None
 
     async def post(self, target: str, body: bytes, headers: Mapping[str, str]) -> Response:
-        """POST ``body`` to ``target`` (path and query) with ``headers`` (Host and
-        Content-Length are added, and User-Agent and Accept-Encoding unless given)."""
-        head = [f"POST {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
+        """POST ``body`` to ``target`` (path and query) with ``headers``.
+
+        Content-Length is the client's own (a caller's, or a Transfer-Encoding, is dropped);
+        Host, User-Agent, Accept-Encoding and the URL's credentials are added unless given.
+        """
+        given = {name.lower() for name in headers}
+        if not given.isdisjoint(_FRAMING):
+            headers = {k: v for k, v in headers.items() if k.lower() not in _FRAMING}
+        head = [f"POST {target} HTTP/1.1\r\n"]
+        if "host" not in given:
+            head.append(self._host_line)
         for name, value in headers.items():
             head.append(f"{name}: {value}\r\n")
-        given = {name.lower() for name in headers}
-        for name, value in _DEFAULT_HEADERS:
-            if name.lower() not in given:
-                head.append(f"{name}: {value}\r\n")
+        for name, line in self._defaults:
+            if name not in given:
+                head.append(line)
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         text = "".join(head)
-        lines = len(head)
+        lines = len(head) + 1  # the last item ends the head with a second line break
         # A line break inside a name or value would smuggle a header or a request.
-        if text.count("\n") != lines + 2 or text.count("\r") != lines + 2:
+        if text.count("\n") != lines or text.count("\r") != lines:
             raise ValueError("a request header holds a line break")
         data = text.encode("utf-8", "surrogateescape") + body
         conn = self._pooled() or await self._connect()
@@ -572,17 +609,28 @@ class Origin:
         return None
 
     async def _connect(self) -> _Connection:
+        """A new connection: the addresses (cached), the first to accept of them (happy
+        eyeballs: the next one is tried 250 ms later if the previous has not answered), TLS;
+        all of it within the connect timeout."""
         loop = asyncio.get_running_loop()
         ssl_context = _default_ssl() if self.tls else None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self),
-                    self.host,
-                    self.port,
-                    ssl=ssl_context,
-                    server_hostname=self.host if self.tls else None,
+                sock = await aiohappyeyeballs.start_connection(
+                    await self._resolve(),
+                    happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY_S,
+                    interleave=1,
                 )
+                try:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self),
+                        sock=sock,
+                        ssl=ssl_context,
+                        server_hostname=self.host if self.tls else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError:
             raise ConnectTimeout(
                 f"connecting to {self.host}:{self.port} took over {self.connect_timeout_s:g} s"
@@ -592,14 +640,47 @@ class Origin:
         self._all.add(conn)
         return conn
 
+    async def _resolve(self) -> Sequence[_AddrInfo]:
+        """The host's addresses, looked up at most once per TTL; concurrent connects share
+        one lookup (a burst on a cold pool would otherwise queue lookups in the resolver's
+        few threads, past the connect timeout)."""
+        loop = asyncio.get_running_loop()
+        if self._addresses and loop.time() < self._addresses_until:
+            return self._addresses
+        if self._resolving is None:
+            self._resolving = task = loop.create_task(self._lookup())
+            # Retrieved here too, so that a lookup whose waiters all gave up logs nothing.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._resolving)
+
+    async def _lookup(self) -> Sequence[_AddrInfo]:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        finally:
+            self._resolving = None
+        if not found:
+            raise OSError(f"no address for {self.host}")
+        self._addresses, self._addresses_until = found, loop.time() + _DNS_TTL_S
+        return found
+
     def park(self, conn: _Connection) -> None:
         """Keep a connection whose answer was read whole, for the next request."""
-        idle = self._idle
-        idle.append(conn)
-        # The most recent are used first, so the oldest may wait forever: close them here.
-        oldest = idle[0]
-        if oldest.closed or conn.idle_since - oldest.idle_since > self.keepalive_s:
+        self._idle.append(conn)
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.keepalive_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for ``keepalive_s`` (the oldest are at the left: the
+        most recently parked are used first), and come back when the next one will be."""
+        self._sweeper = None
+        idle, now = self._idle, asyncio.get_running_loop().time()
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self.keepalive_s):
             idle.popleft().close()
+        if idle:
+            wait = max(0.0, idle[0].idle_since + self.keepalive_s - now)
+            self._sweeper = asyncio.get_running_loop().call_later(wait, self._sweep)
 
     def forget(self, conn: _Connection) -> None:
         """A connection closed."""
@@ -607,6 +688,9 @@ class Origin:
 
     def close(self) -> None:
         """Close every connection, idle or in use."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self._all):
             conn.close()
         self._all.clear()

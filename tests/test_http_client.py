@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ class Server:
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed_by_client = asyncio.Event()
+        self.client_closes: asyncio.Queue[None] = asyncio.Queue()  # one item per close
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -48,6 +51,7 @@ class Server:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
             self.closed_by_client.set()
+            self.client_closes.put_nowait(None)
             return None
         length = 0
         for line in head.split(b"\r\n"):
@@ -199,9 +203,14 @@ async def test_a_chunked_stream_arrives_piece_by_piece() -> None:
     assert received == sent
 
 
+def raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
 @pytest.mark.parametrize(
     ("coding", "encode"),
-    [("gzip", gzip.compress), ("deflate", zlib.compress)],
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", raw_deflate)],
 )
 async def test_compressed_answers_are_decoded(
     coding: str, encode: Callable[[bytes], bytes]
@@ -283,18 +292,97 @@ async def test_an_upstream_that_never_answers_is_a_read_timeout_and_the_connecti
         await asyncio.wait_for(srv.closed_by_client.wait(), 5)
 
 
-async def test_idle_connections_past_their_keep_alive_are_closed() -> None:
-    answers = [answer(str(i).encode()) for i in range(4)]
-    async with talking(replies(*answers)) as (srv, origin):
-        await asyncio.gather(post(origin), post(origin))  # two connections, both pooled
-        oldest, newest = origin._idle
-        oldest.idle_since -= origin.keepalive_s + 1
-        await post(origin)  # on the newest; parking it again closes the expired oldest
-        assert oldest.closed and list(origin._idle) == [newest]
-        newest.idle_since -= origin.keepalive_s + 1
-        await post(origin)  # the only pooled one has expired: a new connection
-        assert newest.closed and len(origin._idle) == 1
-    assert srv.connections == 3
+async def test_idle_connections_are_closed_after_the_keep_alive_without_new_requests() -> None:
+    async with serving(replies(answer(b"a"), answer(b"b"))) as (srv, url):
+        client = HTTPClient(keepalive_s=0.1)
+        try:
+            origin = client.origin(url, connect_timeout_s=5.0, read_timeout_s=5.0)
+            await asyncio.gather(post(origin), post(origin))  # two connections, both pooled
+            assert len(origin._idle) == 2
+            async with asyncio.timeout(5):  # the client's own timer closes both
+                await srv.client_closes.get()
+                await srv.client_closes.get()
+            assert not origin._idle
+        finally:
+            client.close()
+
+
+async def test_a_pooled_connection_past_its_keep_alive_is_not_reused() -> None:
+    async with talking(replies(answer(b"a"), answer(b"b"))) as (srv, origin):
+        await post(origin)
+        origin._idle[-1].idle_since -= origin.keepalive_s + 1
+        assert await post(origin) == (200, b"b")
+    assert srv.connections == 2
+
+
+async def test_an_address_that_never_answers_is_passed_over_and_lookups_are_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listener that never accepts, its one-slot backlog taken: it drops further SYNs, as a
+    # dead node still in DNS or a broken IPv6 route does.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    filler = socket.create_connection(hole.getsockname())
+    lookups: list[str] = []
+    async with serving(replies(*[answer(b"ok")] * 6)) as (_, url):
+        port = int(url.rsplit(":", 1)[1])
+
+        async def getaddrinfo(host: str, *_: object, **__: object) -> list[object]:
+            lookups.append(host)
+            return [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", hole.getsockname()),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            ]
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        async with client_for("http://upstream.test") as origin, asyncio.timeout(4):
+            results = await asyncio.gather(*(post(origin) for _ in range(5)))
+            origin.close()  # the next request needs a new connection
+            results.append(await post(origin))
+    filler.close()
+    hole.close()
+    assert results == [(200, b"ok")] * 6
+    assert lookups == ["upstream.test"]  # six new connections, one lookup
+
+
+async def test_host_framing_and_credentials_headers() -> None:
+    async with serving(replies(answer(b"1"), answer(b"2"))) as (srv, url):
+        port = url.rsplit(":", 1)[1]
+        async with client_for(f"http://user:secret@127.0.0.1:{port}") as origin:
+            given = {"host": "llm.internal.example", "Content-Length": "999"}
+            assert (await origin.post("/", b"abc", given)).status == 200
+            assert await post(origin) == (200, b"2")  # the previous answer was never read
+    first, second = (r.split(b"\r\n\r\n")[0].split(b"\r\n") for r in srv.requests)
+    assert [h for h in first if h.lower().startswith(b"host:")] == [b"host: llm.internal.example"]
+    assert [h for h in first if h.lower().startswith(b"content-length:")] == [b"Content-Length: 3"]
+    assert b"Authorization: Basic dXNlcjpzZWNyZXQ=" in first  # user:secret
+    assert f"Host: 127.0.0.1:{port}".encode() in second
+
+
+async def test_the_callers_authorization_wins_over_the_urls_credentials() -> None:
+    async with serving(replies(answer(b"1"))) as (srv, url):
+        port = url.rsplit(":", 1)[1]
+        async with client_for(f"http://user:secret@127.0.0.1:{port}") as origin:
+            resp = await origin.post("/", b"", {"Authorization": "Bearer sk-key"})
+            resp.release()
+    auth = [h for h in srv.requests[0].split(b"\r\n") if h.lower().startswith(b"authorization")]
+    assert auth == [b"Authorization: Bearer sk-key"]
+
+
+async def test_a_reset_cuts_an_answer_framed_by_the_connection_end() -> None:
+    async def reset(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await s.request(r)
+        w.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()  # an RST, not a FIN: the answer did not end, it broke
+
+    async with talking(reset) as (_, origin):
+        resp = await origin.post("/", b"", {})
+        with pytest.raises(ResponseError, match="before the answer was whole"):
+            await resp.read()
 
 
 async def test_a_cancelled_request_closes_its_connection() -> None:
