@@ -3,10 +3,10 @@
 Why not aiohttp's ``ClientSession``: it builds a request object, URL, header multidicts,
 payload, timer and trace context per call, and that was the largest part of the CPU a proxied
 request took (``benchmarks/paired.py``, proxy-only at c=32: a request through this client took
-0.56 of the CPU it took through ``ClientSession``, in two runs; see benchmarks/README.md). A gateway pays it on
-every cache miss, so upstream calls go through this instead. ``Gateway.session`` (aiohttp) stays
-for plugins' other calls, and for providers reached through an egress proxy, which this
-client does not do.
+0.56 of the CPU it took through ``ClientSession``, in two runs; see benchmarks/README.md). A
+gateway pays it on every cache miss, so upstream calls go through this instead.
+``Gateway.session`` (aiohttp) stays for plugins' other calls, and for providers reached
+through an egress proxy, which this client does not do.
 
 What it does: keep-alive connections pooled per origin (the most recently used first; idle
 ones closed after ``keepalive_s`` by a timer); ``http`` and ``https`` (the system's CA store,
