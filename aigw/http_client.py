@@ -11,12 +11,14 @@ through an egress proxy, which this client does not do.
 What it does: keep-alive connections pooled per origin (the most recently used first; idle
 ones closed after ``keepalive_s`` by a timer); ``http`` and ``https`` (the system's CA store,
 or ``SSL_CERT_FILE``; certificate and host name verified, SNI); addresses looked up once per
-5 minutes and shared by concurrent connects, tried by happy eyeballs (RFC 8305: the next
-address 250 ms after the last, so a dead one is passed over); a request is one write (head
+5 minutes and shared by concurrent connects, each new connection starting from the next
+one (DNS round robin spreads the load), tried by happy eyeballs (RFC 8305: the next address
+250 ms after the last, so a dead one is passed over); a request is one write (head
 and body together); ``Host``, ``User-Agent``, ``Accept-Encoding: gzip, deflate`` and basic
 auth from credentials in the URL unless the caller sets them, ``Content-Length`` always its
 own; responses framed by ``Content-Length``, ``chunked`` or the connection's end (a reset
-there is an error, not an end), ``gzip``/``deflate`` (zlib or raw) decoded, informational (1xx)
+there ends only an error answer; it cuts any other short), ``gzip``/``deflate`` (zlib or raw)
+decoded, a trailing dot of the host name left out of SNI and ``Host``, informational (1xx)
 answers skipped. Streamed bodies have back-pressure: reading from the socket pauses while more
 than 64 KiB wait unread. What it does not do: redirects (a 3xx reaches the caller as it is),
 cookies, proxies, HTTP/2, ``Expect: 100-continue``.
@@ -39,7 +41,7 @@ import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohappyeyeballs
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -232,6 +234,7 @@ class _Connection(asyncio.Protocol):
         self._decoder: zlib._Decompress | None = None
         self._deflate = False  # a deflate body whose first bytes say which deflate it is
         self._reusable = True
+        self._status = 0
         self._paused = False
         self._read_timeout = 0.0
         self._last_read = 0.0
@@ -258,7 +261,10 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.origin.forget(self)
         self._cancel_timer()
-        if exc is None and self._body is not None and self._left == -1 and not self._chunked:
+        # A reset is the end only of an error answer (the upstream answered early and reset the
+        # request it did not read); otherwise it cut the answer short.
+        ended = exc is None or self._status >= 400
+        if ended and self._body is not None and self._left == -1 and not self._chunked:
             body, self._body = self._body, None
             self._flush_decoder(body)
             body._end()  # a body framed by the connection's end: complete
@@ -367,7 +373,7 @@ class _Connection(asyncio.Protocol):
         self._reusable = "close" not in connection and (
             version == "HTTP/1.1" or "keep-alive" in connection
         )
-        self._chunked = False
+        self._chunked, self._status = False, status
         if status in _NO_BODY:
             self._left = 0
             return
@@ -543,16 +549,18 @@ class Origin:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.tls = parts.scheme == "https"
-        self.host = parts.hostname
+        self.host = parts.hostname  # looked up as written: a trailing dot skips search domains
+        # The name the certificate and the Host header carry has no trailing dot (as aiohttp).
+        self._name = self.host.rstrip(".")
         self.port = parts.port or (443 if self.tls else 80)
         default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = f"[{self._name}]" if ":" in self._name else self._name
         host = host if self.port == default else f"{host}:{self.port}"
         self._host_line = f"Host: {host}\r\n"
         # (lower-case name, line): sent unless the caller sends that header itself.
         self._defaults = [(n.lower(), f"{n}: {v}\r\n") for n, v in _DEFAULT_HEADERS]
         if parts.username is not None:  # credentials in the URL: basic auth, as aiohttp did
-            user = f"{parts.username}:{parts.password or ''}".encode()
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             basic = base64.b64encode(user).decode()
             self._defaults.append(("authorization", f"Authorization: Basic {basic}\r\n"))
         self.connect_timeout_s = connect_timeout_s
@@ -564,6 +572,7 @@ class Origin:
         self._addresses: Sequence[_AddrInfo] = ()
         self._addresses_until = 0.0
         self._resolving: asyncio.Task[Sequence[_AddrInfo]] | None = None
+        self._turn = 0  # which address new connections try first: they take turns
 
     async def post(self, target: str, body: bytes, headers: Mapping[str, str]) -> Response:
         """POST ``body`` to ``target`` (path and query) with ``headers``.
@@ -616,8 +625,13 @@ class Origin:
         ssl_context = _default_ssl() if self.tls else None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
+                found = await self._resolve()
+                # Each new connection starts from the next address, so that several replicas
+                # behind one name (DNS round robin) share the load, as with aiohttp.
+                first = self._turn % len(found)
+                self._turn += 1
                 sock = await aiohappyeyeballs.start_connection(
-                    await self._resolve(),
+                    [*found[first:], *found[:first]],
                     happy_eyeballs_delay=_HAPPY_EYEBALLS_DELAY_S,
                     interleave=1,
                 )
@@ -626,7 +640,7 @@ class Origin:
                         lambda: _Connection(self),
                         sock=sock,
                         ssl=ssl_context,
-                        server_hostname=self.host if self.tls else None,
+                        server_hostname=self._name if self.tls else None,
                     )
                 except BaseException:
                     sock.close()

@@ -4,6 +4,7 @@ answer with exact bytes: framing, reuse, encodings, failures, timeouts, TLS."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import socket
 import ssl
@@ -346,17 +347,38 @@ async def test_an_address_that_never_answers_is_passed_over_and_lookups_are_shar
     assert lookups == ["upstream.test"]  # six new connections, one lookup
 
 
+async def test_new_connections_take_turns_over_the_hosts_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        serving(replies(*[answer(b"a")] * 4)) as (one, url_one),
+        serving(replies(*[answer(b"b")] * 4)) as (two, url_two),
+    ):
+        ports = [int(url.rsplit(":", 1)[1]) for url in (url_one, url_two)]
+
+        async def getaddrinfo(*_: object, **__: object) -> list[object]:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        async with client_for("http://replicas.test") as origin:
+            answers = await asyncio.gather(*(post(origin) for _ in range(4)))
+    assert (one.connections, two.connections) == (2, 2)  # DNS round robin spreads the load
+    assert sorted(answers) == [(200, b"a")] * 2 + [(200, b"b")] * 2
+
+
 async def test_host_framing_and_credentials_headers() -> None:
     async with serving(replies(answer(b"1"), answer(b"2"))) as (srv, url):
         port = url.rsplit(":", 1)[1]
-        async with client_for(f"http://user:secret@127.0.0.1:{port}") as origin:
+        # As in a URL: percent-encoded (the password is "p@ss/w").
+        async with client_for(f"http://user:p%40ss%2Fw@127.0.0.1:{port}") as origin:
             given = {"host": "llm.internal.example", "Content-Length": "999"}
             assert (await origin.post("/", b"abc", given)).status == 200
             assert await post(origin) == (200, b"2")  # the previous answer was never read
     first, second = (r.split(b"\r\n\r\n")[0].split(b"\r\n") for r in srv.requests)
     assert [h for h in first if h.lower().startswith(b"host:")] == [b"host: llm.internal.example"]
     assert [h for h in first if h.lower().startswith(b"content-length:")] == [b"Content-Length: 3"]
-    assert b"Authorization: Basic dXNlcjpzZWNyZXQ=" in first  # user:secret
+    basic = base64.b64encode(b"user:p@ss/w").decode()
+    assert f"Authorization: Basic {basic}".encode() in first
     assert f"Host: 127.0.0.1:{port}".encode() in second
 
 
@@ -368,6 +390,20 @@ async def test_the_callers_authorization_wins_over_the_urls_credentials() -> Non
             resp.release()
     auth = [h for h in srv.requests[0].split(b"\r\n") if h.lower().startswith(b"authorization")]
     assert auth == [b"Authorization: Bearer sk-key"]
+
+
+async def test_an_early_error_answer_then_a_reset_is_the_answer() -> None:
+    async def refuse(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await r.readuntil(b"\r\n\r\n")  # not the body: the request is refused at its head
+        w.write(b"HTTP/1.0 401 Unauthorized\r\n\r\n" + b'{"error": "bad key"}')
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    async with talking(refuse) as (_, origin):
+        resp = await origin.post("/", b"x" * 1_000_000, {})
+        assert (resp.status, await resp.read()) == (401, b'{"error": "bad key"}')
 
 
 async def test_a_reset_cuts_an_answer_framed_by_the_connection_end() -> None:
@@ -421,8 +457,9 @@ async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent() -> 
 async def test_https_verifies_the_upstream_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
     ca = trustme.CA()
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
-    async with serving(replies(answer(b"secure"), answer(b"again")), tls=server_tls) as (srv, url):
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_tls)
+    answers = [answer(b"secure"), answer(b"again"), answer(b"dotted")]
+    async with serving(replies(*answers), tls=server_tls) as (srv, url):
         # Not trusted by the system's CA store: refused.
         monkeypatch.setattr(http_client, "_ssl_context", None)
         async with client_for(url) as origin:
@@ -435,4 +472,16 @@ async def test_https_verifies_the_upstream_certificate(monkeypatch: pytest.Monke
             async with client_for(url) as origin:
                 assert await post(origin) == (200, b"secure")
                 assert await post(origin) == (200, b"again")
-    assert srv.connections == 1  # one reused connection (a refused handshake never gets here)
+            # A fully qualified name (a trailing dot, as Kubernetes users write to skip search
+            # domains): the certificate is for "localhost", and so is the Host header.
+            port = url.rsplit(":", 1)[1]
+
+            async def getaddrinfo(*_: object, **__: object) -> list[object]:
+                # This machine's resolver may not know "localhost." (with the dot).
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))]
+
+            monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+            async with client_for(f"https://localhost.:{port}") as origin:
+                assert await post(origin) == (200, b"dotted")
+    assert srv.connections == 2  # one reused, then the dotted one (refused handshakes: none)
+    assert f"Host: localhost:{port}\r\n".encode() in srv.requests[2]
