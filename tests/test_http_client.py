@@ -461,14 +461,14 @@ async def test_https_verifies_the_upstream_certificate(monkeypatch: pytest.Monke
     answers = [answer(b"secure"), answer(b"again"), answer(b"dotted")]
     async with serving(replies(*answers), tls=server_tls) as (srv, url):
         # Not trusted by the system's CA store: refused.
-        monkeypatch.setattr(http_client, "_ssl_context", None)
+        monkeypatch.setattr(http_client.pool, "_ssl_context", None)
         async with client_for(url) as origin:
             with pytest.raises(ConnectError, match="certificate"):
                 await post(origin)
         # Trusted through SSL_CERT_FILE, as an operator would add a private CA.
         with ca.cert_pem.tempfile() as ca_file:
             monkeypatch.setenv("SSL_CERT_FILE", ca_file)
-            monkeypatch.setattr(http_client, "_ssl_context", None)
+            monkeypatch.setattr(http_client.pool, "_ssl_context", None)
             async with client_for(url) as origin:
                 assert await post(origin) == (200, b"secure")
                 assert await post(origin) == (200, b"again")
