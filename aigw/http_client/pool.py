@@ -80,8 +80,8 @@ class Origin:
         self.host = parts.hostname  # looked up as written: a trailing dot skips search domains
         # The name the certificate and the Host header carry has no trailing dot (as aiohttp).
         self._name = self.host.rstrip(".")
-        self.port = parts.port or (443 if self.tls else 80)
         default = 443 if self.tls else 80
+        self.port = parts.port or default
         host = f"[{self._name}]" if ":" in self._name else self._name
         host = host if self.port == default else f"{host}:{self.port}"
         self._host_line = f"Host: {host}\r\n"
