@@ -2,10 +2,11 @@
 
 Headers are sent only after every ``on_response_headers`` ran; after that nothing can change
 them. Headers aiohttp would refuse (a line break in a value a plugin set) get the client an
-OpenAI-style 500 instead, which ``on_log`` sees. A whole body is one chunk. A stream is
-written chunk by chunk with back-pressure (``await resp.write``); if it breaks after the
-headers went out, the client gets an OpenAI ``error`` event and the connection is closed, so a
-cut-off answer never looks complete.
+OpenAI-style 500 instead, which ``on_log`` sees. A whole body is one chunk, written with the
+headers in one go (:mod:`aigw.whole_response`). A stream is written chunk by chunk with
+back-pressure (``await resp.write``); if it breaks after the headers went out, the client gets
+an OpenAI ``error`` event and the connection is closed, so a cut-off answer never looks
+complete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 from aigw.context import SSE_CT, Reply, RequestContext
 from aigw.errors import GatewayError
 from aigw.pipeline import Pipeline, ResponseChains
+from aigw.whole_response import WholeResponse
 
 log = logging.getLogger("aigw")
 
@@ -80,9 +82,9 @@ async def _send_body(
         except Exception as err:
             reply = _error_reply(ctx, err, "on_response_chunk")
             body, ctx.status = reply.body, reply.status
-    resp: web.StreamResponse
+    resp: WholeResponse
     try:
-        resp = web.Response(
+        resp = WholeResponse(
             status=ctx.status, body=body, headers=reply.headers, content_type=reply.content_type
         )
         _add_headers(ctx, resp.headers)
@@ -91,13 +93,12 @@ async def _send_body(
     ctx.first_byte_at = time.perf_counter()
     try:
         try:
-            await resp.prepare(ctx.request)
+            await resp.send(ctx.request)
         except ValueError as err:
-            # aiohttp refused a header (a plugin's value with a line break) before it wrote
-            # or set up anything for a whole body's response: an OpenAI error goes instead.
+            # A header refused (a plugin's value with a line break) before anything was
+            # written: an OpenAI error goes instead.
             resp = _error_response(ctx, err, "sending the response headers")
-            await resp.prepare(ctx.request)
-        await resp.write_eof()
+            await resp.send(ctx.request)
     except _CLIENT_GONE as err:
         ctx.error = err
         return resp
@@ -186,12 +187,12 @@ def _sendable(headers: CIMultiDict[str]) -> bool:
     return True
 
 
-def _error_response(ctx: RequestContext, err: Exception, phase: str) -> web.Response:
+def _error_response(ctx: RequestContext, err: Exception, phase: str) -> WholeResponse:
     """The error reply for ``err`` as a response, with none of the refused reply's headers
     (one of them may be what was refused); sets ``ctx.status``."""
     reply = _error_reply(ctx, err, phase)
     ctx.status = reply.status
-    resp = web.Response(
+    resp = WholeResponse(
         status=reply.status, body=reply.body, headers=reply.headers, content_type=reply.content_type
     )
     resp.headers["x-request-id"] = ctx.request_id

@@ -455,6 +455,8 @@ async def test_replies_ready_together_are_written_together(
 ) -> None:
     # send() yields to the loop once before writing (see aigw.respond): two replies ready in the
     # same turn both run their headers phase before either is written and ends.
+    from unittest import mock
+
     from aiohttp.test_utils import make_mocked_request
 
     from aigw import Reply
@@ -466,7 +468,8 @@ async def test_replies_ready_together_are_written_together(
     pipeline = Pipeline(load(load_config(write_conf(tmp_path / "conf.d", conf(recorder)))))
 
     async def answer(n: int) -> None:
-        request = make_mocked_request("POST", "/v1/chat/completions")
+        transport = mock.Mock(**{"is_closing.return_value": False})  # an open connection
+        request = make_mocked_request("POST", "/v1/chat/completions", transport=transport)
         ctx = RequestContext(request=request, request_id=f"r{n}", replied_by="provider-proxy")
         await send(ctx, Reply.json({"n": n}), pipeline)
         assert ctx.complete
