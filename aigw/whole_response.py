@@ -80,10 +80,12 @@ class WholeResponse(web.Response):
             raise ConnectionResetError("Cannot write to closing transport")
         transport.write(data)
         # What write_eof leaves: the response sent, its keep-alive decision kept for the
-        # server (which reads it to keep the connection or close it), the bytes counted.
+        # server (which reads it to keep the connection or close it), the bytes counted. The
+        # writer's count is how aiohttp sees that a response went out, should the handler
+        # raise after this: it then closes the connection instead of sending its 500 too.
+        writer = request.writer
+        writer.output_size += len(data)
         self._keep_alive = keep_alive
         self._eof_sent = True
         self._body_length = len(data)
-        protocol = request.protocol
-        if protocol.writing_paused:  # the client reads slower than we write: wait for it
-            await request.writer.drain()
+        await writer.drain()  # returns at once unless the client reads slower than we write

@@ -470,6 +470,7 @@ async def test_replies_ready_together_are_written_together(
     async def answer(n: int) -> None:
         transport = mock.Mock(**{"is_closing.return_value": False})  # an open connection
         request = make_mocked_request("POST", "/v1/chat/completions", transport=transport)
+        request.writer.output_size = 0  # a number, as a real writer's (older aiohttp: a Mock)
         ctx = RequestContext(request=request, request_id=f"r{n}", replied_by="provider-proxy")
         await send(ctx, Reply.json({"n": n}), pipeline)
         assert ctx.complete

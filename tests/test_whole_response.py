@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer, make_mocked_request
 from aigw.whole_response import WholeResponse
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-PAUSED = web.AppKey("paused", list)
+BUFFERED = web.AppKey("buffered", list)
 BIG = 32 * 1024 * 1024  # far more than the loopback socket buffers hold: writing must pause
 
 
@@ -71,14 +71,21 @@ async def _refused(request: web.Request) -> web.StreamResponse:
 async def _big(request: web.Request) -> web.StreamResponse:
     resp = WholeResponse(body=b"x" * BIG)
     await resp.send(request)
-    request.app[PAUSED].append(request.protocol.writing_paused)
+    transport = request.transport
+    assert transport is not None
+    request.app[BUFFERED].append(transport.get_write_buffer_size())
     return resp
+
+
+async def _raises_after(request: web.Request) -> web.StreamResponse:
+    await WholeResponse(body=b"sent").send(request)
+    raise RuntimeError("a bug after the reply went out")
 
 
 @pytest.fixture
 async def server(aiohttp_server: ServerFactory) -> TestServer:
     app = web.Application()
-    app[PAUSED] = []
+    app[BUFFERED] = []
     app.router.add_get("/whole", _whole)
     app.router.add_get("/aiohttp", _aiohttp)
     app.router.add_get("/whole-untyped", _whole_untyped)
@@ -86,6 +93,7 @@ async def server(aiohttp_server: ServerFactory) -> TestServer:
     app.router.add_get("/empty", _empty)
     app.router.add_get("/refused", _refused)
     app.router.add_get("/big", _big)
+    app.router.add_get("/raises-after", _raises_after)
     return await aiohttp_server(app)
 
 
@@ -188,11 +196,26 @@ async def test_a_refused_header_writes_nothing(server: TestServer) -> None:
 
 
 async def test_a_large_body_waits_for_the_client(server: TestServer) -> None:
-    # send() returns only once the transport has taken the body below its high-water mark:
-    # without waiting, writing would still be paused when it returned.
+    # send() returns only once the transport's buffer is down to its low-water mark (tens of
+    # KiB): without waiting, most of the 32 MiB would still be buffered when it returned.
     responses, _ = await _exchange(server, [b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"])
     assert responses[0].endswith(b"\r\n\r\n" + b"x" * BIG)
-    assert server.app[PAUSED] == [False]
+    [buffered] = server.app[BUFFERED]
+    assert buffered < 1024 * 1024
+
+
+async def test_a_handler_failing_after_send_sends_no_second_response(server: TestServer) -> None:
+    # aiohttp answers a handler's exception with a 500 unless a response went out already;
+    # then it closes the connection. It must see that one did.
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(b"GET /raises-after HTTP/1.1\r\nHost: x\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)  # everything until the server closes
+    finally:
+        writer.close()
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest.endswith(b"\r\n\r\nsent")
+    assert rest.count(b"HTTP/1.1 ") == 1
 
 
 async def test_a_client_gone_is_a_connection_reset() -> None:
