@@ -15,7 +15,9 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.web_urldispatcher import _default_expect_handler
 from pluggy import HookImpl
 
 from aigw import dispatch, http_errors
@@ -57,10 +59,12 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app[PLUGINS] = loaded
     loaded.pm.hook.register_routes(router=app.router, gateway=gateway)
     for path, (method, api) in API_ROUTES.items():
-        app.router.add_route("*", path, _api_handler(gateway, pipeline, loaded, method, api))
-    app.router.add_route("*", "/healthz", _get_only(_healthz))
-    app.router.add_route("*", "/readyz", _get_only(_readyz_handler(gateway, loaded)))
-    app.router.add_route("*", "/{tail:.*}", _not_found)
+        handler = _api_handler(gateway, pipeline, loaded, method, api)
+        app.router.add_route("*", path, handler, expect_handler=_expect)
+    readyz = _get_only(_readyz_handler(gateway, loaded))
+    app.router.add_route("*", "/healthz", _get_only(_healthz), expect_handler=_expect)
+    app.router.add_route("*", "/readyz", readyz, expect_handler=_expect)
+    app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=_expect)
     dispatch.install(app, API_ROUTES.keys())
     http_errors.install(app)
     app.on_response_prepare.append(_ensure_request_id)
@@ -124,6 +128,22 @@ def _api_handler(
             return Reply.from_error(err)
 
     return handle
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's answer to an ``Expect`` header (``100 Continue``), except that an expectation
+    it cannot meet gets an OpenAI-style 417 rather than aiohttp's plain-text one."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11 or expect.lower() == "100-continue":
+        await _default_expect_handler(request)
+        return None
+    err = GatewayError(
+        f"Unsupported Expect header {expect[:100]!r}; only 100-continue is supported",
+        status=417,
+        type="invalid_request_error",
+        code="expectation_failed",
+    )
+    return web.Response(status=417, body=err.body(), content_type="application/json")
 
 
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:

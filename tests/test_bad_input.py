@@ -93,6 +93,20 @@ async def test_unknown_path_is_404_and_wrong_method_405(gateway: Gateway) -> Non
         assert resp.headers["Allow"] == "GET"
 
 
+async def test_an_expectation_other_than_100_continue_is_417(gateway: Gateway) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "expect"}]}
+    for path in (CHAT, "/healthz", "/v1/nothing-here"):
+        headers = {"Expect": "100-nope"}
+        async with gateway.http.post(gateway.url(path), json=body, headers=headers) as resp:
+            err = await expect_error(resp, 417)
+        assert err["code"] == "expectation_failed"
+        assert "100-nope" in err["message"]
+    # 100-continue is still honoured: the client waits for it before sending the body.
+    async with gateway.http.post(gateway.url(CHAT), json=body, expect100=True) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["object"] == "chat.completion"
+
+
 async def test_body_over_limit_is_413(make_gateway: GatewayFactory, upstream: Upstream) -> None:
     gw = await make_gateway(
         {"00-gw.yaml": {"gateway": {"max_body_bytes": 1024}}, "90-p.yaml": provider_file(upstream)}
