@@ -41,7 +41,7 @@ class WholeResponse(web.Response):
         gone. As with aiohttp, the headers it adds stay on the response.
         """
         body = self.body
-        headers = self.headers
+        headers = self.headers  # added to below, as aiohttp does
         status = self.status
         if (
             type(body) is not bytes
@@ -60,21 +60,20 @@ class WholeResponse(web.Response):
         if keep_alive is None:
             keep_alive = request.keep_alive
         version = request.version
-        head = headers  # as aiohttp does, added to the response's own
-        head[hdrs.CONTENT_LENGTH] = str(len(body))
+        headers[hdrs.CONTENT_LENGTH] = str(len(body))
         if body:
-            head.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
-        if hdrs.DATE not in head:
-            head[hdrs.DATE] = rfc822_formatted_time()
-        head.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
-        if hdrs.CONNECTION not in head:
+            headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+        if hdrs.DATE not in headers:
+            headers[hdrs.DATE] = rfc822_formatted_time()
+        headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+        if hdrs.CONNECTION not in headers:
             if keep_alive:
                 if version == HttpVersion10:
-                    head[hdrs.CONNECTION] = "keep-alive"
+                    headers[hdrs.CONNECTION] = "keep-alive"
             elif version == HttpVersion11:
-                head[hdrs.CONNECTION] = "close"
+                headers[hdrs.CONNECTION] = "close"
         status_line = f"HTTP/{version.major}.{version.minor} {status} {self.reason}"
-        data = _serialize_headers(status_line, head) + body
+        data = _serialize_headers(status_line, headers) + body
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
