@@ -143,7 +143,7 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
         type="invalid_request_error",
         code="expectation_failed",
     )
-    return web.Response(status=417, body=err.body(), content_type="application/json")
+    return http_errors.error_response(err)
 
 
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -164,10 +164,9 @@ def _get_only(handler: Handler) -> Handler:
             status=405,
             type="invalid_request_error",
             code="method_not_allowed",
+            headers={"Allow": "GET"},
         )
-        return web.Response(
-            status=405, body=err.body(), content_type="application/json", headers={"Allow": "GET"}
-        )
+        return http_errors.error_response(err)
 
     return guarded
 
@@ -197,7 +196,7 @@ async def _probe(impl: HookImpl) -> object:
 
 async def _not_found(request: web.Request) -> web.Response:
     err = NotFound(f"Unknown path {request.method} {request.path}", code="unknown_url")
-    return web.Response(status=404, body=err.body(), content_type="application/json")
+    return http_errors.error_response(err)
 
 
 def _session_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -32,6 +32,13 @@ _ID_KEY: Any = (
 )
 
 
+def error_response(err: GatewayError) -> web.Response:
+    """``err`` as an OpenAI-style JSON response, with its status and headers."""
+    return web.Response(
+        status=err.status, body=err.body(), content_type="application/json", headers=err.headers
+    )
+
+
 def keep_id(request: web.Request, rid: str) -> None:
     """Have the error reply aiohttp builds for ``request`` (its handler raised) carry ``rid``."""
     request[_ID_KEY] = rid
@@ -86,12 +93,8 @@ class _Handler(RequestHandler):
         rid = kept_id(request) or request_id(request.headers)
         if rid != request.headers.get("x-request-id"):
             log.info("request %s: answered %d: %s", rid, status, err.message)
-        resp = web.Response(
-            status=status,
-            body=err.body(),
-            content_type="application/json",
-            headers={"x-request-id": rid},
-        )
+        resp = error_response(err)
+        resp.headers["x-request-id"] = rid
         resp.force_close()
         return resp
 
