@@ -1,10 +1,12 @@
 """aiohttp wiring: routes, the per-request flow, and the process lifecycle.
 
-A request to an API route becomes a :class:`~aigw.context.RequestContext`; the core reads and
-validates the body, resolves the target with the terminal plugin, runs the request phase, sends
-the reply through the response phase (:mod:`aigw.respond`), and always runs ``on_log``. Start-up
-and shutdown use ``cleanup_ctx``: the shared session, then each plugin in conf.d order (so they
-stop in reverse, and only if they started), then the background write-back drain.
+A request to an API route becomes a :class:`~aigw.context.RequestContext` and takes one way,
+top to bottom (``handle`` in :func:`_api_handler`): the request phase (:mod:`aigw.pipeline`:
+the plugins in conf.d order, the body read and the target resolved just before the first
+plugin that needs them), the response phase (:class:`aigw.respond.ResponsePhase`), and
+``on_log``, always. Start-up and shutdown use ``cleanup_ctx``: the shared clients
+(:class:`aigw.runtime.Runtime`), then each plugin in conf.d order (so they stop in reverse,
+and only if they started), then the background write-back drain.
 """
 
 from __future__ import annotations
@@ -15,26 +17,25 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
-from aiohttp.web_urldispatcher import _default_expect_handler
+from aiohttp import HttpVersion11, hdrs, web
 from pluggy import HookImpl
 
-from aigw import dispatch, http_errors
+from aigw import http_errors
 from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
 from aigw.errors import GatewayError, NotFound
 from aigw.gateway import Gateway
 from aigw.ids import request_id
 from aigw.intake import read_payload
-from aigw.pipeline import Pipeline
+from aigw.pipeline import Pipeline, ReadBody
 from aigw.plugins import LoadedPlugins, load
 from aigw.readiness import verdict
-from aigw.respond import send
+from aigw.respond import ResponsePhase
+from aigw.runtime import Runtime
 
 log = logging.getLogger("aigw")
 
-GATEWAY = web.AppKey("gateway", Gateway)
+RUNTIME = web.AppKey("runtime", Runtime)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 PLUGINS = web.AppKey("plugins", LoadedPlugins)
 
@@ -51,91 +52,102 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Application:
     """Build the aiohttp application for a loaded conf.d."""
     loaded = loaded or load(config)
-    gateway = Gateway(config)
-    pipeline = Pipeline(loaded)
+    runtime = Runtime(config)
+    gateway = runtime.gateway
+    pipeline = Pipeline(loaded, _body_reader(config.gateway.max_body_bytes, loaded))
+    responses = ResponsePhase(loaded)
     app = web.Application(client_max_size=config.gateway.max_body_bytes)
-    app[GATEWAY] = gateway
+    app[RUNTIME] = runtime
     app[PIPELINE] = pipeline
     app[PLUGINS] = loaded
     loaded.pm.hook.register_routes(router=app.router, gateway=gateway)
     for path, (method, api) in API_ROUTES.items():
-        handler = _api_handler(gateway, pipeline, loaded, method, api)
+        handler = _api_handler(pipeline, responses, method, api)
         app.router.add_route("*", path, handler, expect_handler=_expect)
-    readyz = _get_only(_readyz_handler(gateway, loaded))
+    readyz = _get_only(_readyz_handler(loaded))
     app.router.add_route("*", "/healthz", _get_only(_healthz), expect_handler=_expect)
     app.router.add_route("*", "/readyz", readyz, expect_handler=_expect)
     app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=_expect)
-    dispatch.install(app, API_ROUTES.keys())
     http_errors.install(app)
     app.on_response_prepare.append(_ensure_request_id)
-    app.cleanup_ctx.append(_session_ctx(gateway))
+    app.cleanup_ctx.append(_clients_ctx(runtime))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
     stops = {i.plugin_name: i for i in loaded.pm.hook.shutdown.get_hookimpls()}
     for name, _ in loaded.order:
         app.cleanup_ctx.append(_plugin_ctx(name, starts.get(name), stops.get(name), gateway))
-    app.cleanup_ctx.append(_drain_ctx(gateway))
+    app.cleanup_ctx.append(_drain_ctx(runtime))
     return app
 
 
 def _api_handler(
-    gateway: Gateway, pipeline: Pipeline, loaded: LoadedPlugins, method: str, api: Api | None
+    pipeline: Pipeline, responses: ResponsePhase, method: str, api: Api | None
 ) -> Handler:
-    max_body = gateway.settings.max_body_bytes
-    terminal = loaded.terminal
-
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = RequestContext(request=request, request_id=request_id(request.headers), api=api)
         try:
-            reply = await _request_phase(ctx, request)
-            return await send(ctx, reply, pipeline)
-        except asyncio.CancelledError:
-            # The client went away (handler cancellation); nginx's "client closed request".
-            ctx.status = ctx.status or 499
-            raise
-        except Exception as err:
-            # A bug outside the plugins' hooks (a terminal plugin's resolve_target, say):
-            # aiohttp logs it and answers it (aigw.http_errors), with this request's id.
-            ctx.status, ctx.error = ctx.status or http_errors.status_for(err), err
-            http_errors.keep_id(request, ctx.request_id)
+            if request.method == method:
+                reply = await pipeline.run_request(ctx)
+            else:
+                # Rejected before any plugin ran: only on_log sees it.
+                ctx.error = err = _not_allowed(request, method)
+                reply = Reply.from_error(err)
+            return await responses.send(ctx, reply)
+        except BaseException as err:
+            # The client went away (handler cancellation), or a bug outside the plugins'
+            # hooks, which aiohttp logs and answers (aigw.http_errors) with this request's id.
+            responses.abandon(ctx, err)
+            if not isinstance(err, asyncio.CancelledError):
+                http_errors.keep_id(request, ctx.request_id)
             raise
         finally:
             ctx.finished_at = time.perf_counter()
             await pipeline.log(ctx)
 
-    async def _request_phase(ctx: RequestContext, request: web.Request) -> Reply:
-        try:
-            if request.method != method:
-                raise GatewayError(
-                    f"Method {request.method} is not allowed on {request.path}; use {method}",
-                    status=405,
-                    type="invalid_request_error",
-                    code="method_not_allowed",
-                    headers={"Allow": method},
-                )
-            if api is not None:
-                await read_payload(ctx, max_body)
-                ctx.target = terminal.resolve_target(ctx.model)
-                if ctx.target is None:
-                    raise NotFound(
-                        f"The model `{ctx.model}` does not exist or you do not have access to it.",
-                        code="model_not_found",
-                        param="model",
-                    )
-            return await pipeline.run_request(ctx)
-        except GatewayError as err:
-            # Rejected before any plugin ran: only on_log sees it.
-            ctx.error, ctx.replied_by = err, None
-            return Reply.from_error(err)
-
     return handle
 
 
+def _not_allowed(request: web.Request, method: str) -> GatewayError:
+    return GatewayError(
+        f"Method {request.method} is not allowed on {request.path}; use {method}",
+        status=405,
+        type="invalid_request_error",
+        code="method_not_allowed",
+        headers={"Allow": method},
+    )
+
+
+def _body_reader(max_body: int, loaded: LoadedPlugins) -> ReadBody:
+    """The core's step of the request phase: read and validate the body, and resolve the
+    target with the terminal plugin (an unknown model is a 404)."""
+    terminal = loaded.terminal
+
+    async def read_body(ctx: RequestContext) -> None:
+        if ctx.api is None:
+            return
+        await read_payload(ctx, max_body)
+        ctx.target = terminal.resolve_target(ctx.model)
+        if ctx.target is None:
+            raise NotFound(
+                f"The model `{ctx.model}` does not exist or you do not have access to it.",
+                code="model_not_found",
+                param="model",
+            )
+
+    return read_body
+
+
 async def _expect(request: web.Request) -> web.StreamResponse | None:
-    """aiohttp's answer to an ``Expect`` header (``100 Continue``), except that an expectation
-    it cannot meet gets an OpenAI-style 417 rather than aiohttp's plain-text one."""
+    """The answer to an ``Expect`` header, as aiohttp's own: ``100 Continue`` on HTTP/1.1, the
+    header ignored on HTTP/1.0; except that an expectation it cannot meet gets an OpenAI-style
+    417 rather than aiohttp's plain-text one."""
     expect = request.headers.get(hdrs.EXPECT, "")
-    if request.version != HttpVersion11 or expect.lower() == "100-continue":
-        await _default_expect_handler(request)
+    if request.version != HttpVersion11:
+        return None  # HTTP/1.0 has no interim responses
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Not the response: uncounted, so a handler failing after it still gets aiohttp's
+        # error reply (aiohttp sends none once a response has started).
+        request.writer.output_size = 0
         return None
     err = GatewayError(
         f"Unsupported Expect header {expect[:100]!r}; only 100-continue is supported",
@@ -159,14 +171,7 @@ def _get_only(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         if request.method in ("GET", "HEAD"):
             return await handler(request)
-        err = GatewayError(
-            f"Method {request.method} is not allowed on {request.path}; use GET",
-            status=405,
-            type="invalid_request_error",
-            code="method_not_allowed",
-            headers={"Allow": "GET"},
-        )
-        return http_errors.error_response(err)
+        return http_errors.error_response(_not_allowed(request, "GET"))
 
     return guarded
 
@@ -175,7 +180,7 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _readyz_handler(gateway: Gateway, loaded: LoadedPlugins) -> Handler:
+def _readyz_handler(loaded: LoadedPlugins) -> Handler:
     # Probes in conf.d order, so the problems are listed in it (pluggy would call them LIFO).
     rank = {name: i for i, (name, _) in enumerate(loaded.order)}
     impls = sorted(loaded.pm.hook.check_ready.get_hookimpls(), key=lambda i: rank[i.plugin_name])
@@ -199,11 +204,11 @@ async def _not_found(request: web.Request) -> web.Response:
     return http_errors.error_response(err)
 
 
-def _session_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+def _clients_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        gateway.open_session()
+        runtime.open()
         yield
-        await gateway.close_session()
+        await runtime.close()
 
     return ctx
 
@@ -229,10 +234,10 @@ def _plugin_ctx(
     return ctx
 
 
-def _drain_ctx(gateway: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+def _drain_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await gateway.drain(gateway.shutdown_left())
+        await runtime.drain(runtime.shutdown_left())
 
     return ctx
 

@@ -4,6 +4,8 @@
 ``aigw check -c conf.d`` validates and prints the effective pipeline without serving;
 ``aigw --version``. With ``--workers N`` the parent starts N processes that share the port
 through SO_REUSEPORT; state that must be shared between them lives in Redis and the vector DB.
+``--port 0`` listens on a free port (one for all the workers); every process logs the address
+it serves on.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def describe(config: Config) -> str:
     from aigw.plugins import load
 
     loaded = load(config)
-    Pipeline(loaded)  # the same checks serving does (hook options)
+    pipeline = Pipeline(loaded)  # the same checks serving does (hook options, reads_body)
     g = config.gateway
     lines = [
         f"aigw {__version__}: {config.source} is valid",
@@ -104,6 +106,8 @@ def describe(config: Config) -> str:
     for i, ((name, plugin), entry) in enumerate(zip(loaded.order, config.plugins, strict=True)):
         hooks = sorted(h.name for h in loaded.pm.get_hookcallers(plugin) or [])
         mark = "  [terminal]" if getattr(plugin, "terminal", False) else ""
+        if name == pipeline.body_read_before:
+            lines.append("     (the request body is read and its model resolved here)")
         lines.append(f"  {i + 1}. {name}{mark}  ({entry.file.name}; hooks: {', '.join(hooks)})")
     describe_terminal = getattr(loaded.terminal, "describe", None)
     if describe_terminal is not None:
@@ -126,13 +130,54 @@ def serve(config: Config) -> int:
         _run_worker(config, parent=None)
         return 0
     g = config.gateway
-    # The workers bind with SO_REUSEPORT, which would also share the port with another,
-    # unrelated server already on it: check that it is free first.
     try:
-        socket.create_server((g.host, g.port)).close()
+        held = _hold_port(g.host, g.port)
     except OSError as err:
         log.error("aigw cannot start: %s:%d: %s", g.host, g.port, err.strerror or err)
         return 1
+    with held:  # until the workers are gone
+        port = held.getsockname()[1]
+        log.info("starting %d workers on http://%s:%d", g.workers, g.host, port)
+        workers_config = Config(
+            gateway=g.model_copy(update={"port": port}),
+            plugins=config.plugins,
+            source=config.source,
+        )
+        return _supervise(workers_config)
+
+
+def _hold_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: a free one), not listening, that the
+    ``--workers`` can share the port with; ``OSError`` if something listens there already.
+
+    The workers bind with SO_REUSEPORT, which alone would also share the port with an
+    unrelated server already on it: this socket binds without it, so that fails first. Held
+    bound while the workers run, it keeps the port from being taken before they bind it, and
+    port 0 is resolved once, for all of them (each would get its own). Not listening, it gets
+    no connections.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        # SO_REUSEADDR to bind as the workers will (past the last run's TIME_WAIT connections),
+        # then cleared: held with it, the port would be open to any server also using it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # as asyncio binds the workers' sockets
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _supervise(config: Config) -> int:
+    """Run ``config.gateway.workers`` worker processes until SIGINT/SIGTERM or one dies."""
+    g = config.gateway
     # A launcher may have left SIGCHLD ignored, which survives exec: the kernel would then reap
     # the workers itself, and a dead one would never be seen (the loop below spinning on its
     # closed sentinel).
@@ -243,7 +288,7 @@ def _run_worker(config: Config, parent: int | None) -> None:
 async def _serve(config: Config, worker: bool) -> None:
     from aiohttp import web
 
-    from aigw.app import GATEWAY, create_app
+    from aigw.app import RUNTIME, create_app
 
     g = config.gateway
     app = create_app(config)
@@ -254,7 +299,7 @@ async def _serve(config: Config, worker: bool) -> None:
         # aiohttp (3.10 and later) waits this long for in-flight requests to finish, then as
         # long again (failing only their request bodies) before it cancels them. Two quarters
         # give in-flight requests, streams included, half the budget; the write-backs and the
-        # plugins' shutdown get what is left of it (gateway.shutdown_left()).
+        # plugins' shutdown get what is left of it (Runtime.shutdown_left()).
         shutdown_timeout=g.shutdown_timeout_s / 4,
     )
     try:
@@ -274,7 +319,7 @@ async def _serve(config: Config, worker: bool) -> None:
         for host, port, *_ in runner.addresses:
             log.info("aigw %s serving %s on http://%s:%d", __version__, config.source, host, port)
         await stop.wait()
-        app[GATEWAY].shutdown_deadline = loop.time() + g.shutdown_timeout_s
+        app[RUNTIME].shutdown_deadline = loop.time() + g.shutdown_timeout_s
         # A worker shares the parent's process group, so a signal sent to the whole group
         # (a Ctrl-C, systemd's stop, an init forwarding SIGTERM) reaches it once from there and
         # once more from the parent: not a second signal. The parent answers a real second

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigw.errors import ConfigError
 
@@ -49,12 +49,6 @@ class GatewaySettings(Settings):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @model_validator(mode="after")
-    def _fixed_port_for_workers(self) -> GatewaySettings:
-        if self.workers > 1 and self.port == 0:
-            raise ValueError("workers > 1 need a fixed port: with port 0 each would get its own")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

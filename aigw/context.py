@@ -1,7 +1,7 @@
 """Per-request state shared by plugins: :class:`RequestContext`, :class:`Reply`, :class:`Target`.
 
 Plugins are singletons, so everything a request needs lives here. Contracts between plugins are
-typed fields (``consumer``, ``cache_lookup``, ``cache_status``, ``target``, ``completion`` ...);
+typed fields (``consumer``, ``cache_lookup``, ``cache_outcomes``, ``target``, ``completion`` ...);
 a plugin's private per-request data goes in ``ctx.scratch[<plugin name>]``.
 """
 
@@ -36,6 +36,28 @@ class Target:
 
 
 @dataclass(slots=True)
+class CacheOutcome:
+    """What one cache decided for one request, recorded with :meth:`RequestContext.record_cache`.
+
+    ``cache`` is the plugin's name (``exact-cache``), ``type`` the kind of match it makes
+    (``exact``, ``semantic``), ``status`` its verdict. ``key`` is the (shortened) hash of the
+    entry looked up or served, never the prompt; ``similarity`` the cosine similarity of the
+    best candidate a semantic cache found, in [0, 1]; ``reason`` why it skipped or rejected
+    (``no key``, ``guard: number mismatch``). The core turns the outcomes into the
+    ``x-aigw-cache*`` headers; the access log and metrics read them. Treat it as read-only
+    (it is not frozen only because a frozen dataclass costs four times as much to build,
+    once per cached request).
+    """
+
+    cache: str
+    type: str
+    status: CacheStatus
+    key: str | None = None
+    similarity: float | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
 class Reply:
     """A response produced by a plugin: a whole ``body``, or a ``stream`` of chunks.
 
@@ -64,11 +86,14 @@ class Reply:
 class RequestContext:
     """Everything known about one request, from arrival to the access log.
 
-    Set by the core before the request phase: ``request``, ``request_id``, ``api``, ``body``,
-    ``payload``, ``model``, ``stream``, ``include_usage``, ``target``. Set by plugins:
-    ``consumer`` (auth), ``cache_lookup``/``cache_store`` (skip-header), ``cache_*`` (caches).
-    Set by the terminal while the response
-    flows: ``status``, ``usage``, ``completion`` and ``complete`` (see their comments).
+    Set by the core: ``request``, ``request_id``, ``api`` on arrival; ``body``, ``payload``,
+    ``model``, ``stream``, ``include_usage``, ``target`` when the body is read, just before the
+    first plugin that needs it (until then empty: see :func:`aigw.hookspecs.on_request`).
+    Set by plugins: ``consumer`` (auth), ``cache_lookup``/``cache_store`` (skip-header),
+    ``cache_outcomes`` (caches, through :meth:`record_cache`). Set by the terminal while the
+    answer flows: ``usage`` and ``completion``. Set by the response phase
+    (:class:`aigw.respond.ResponsePhase`, their one writer): ``status``, ``complete``,
+    ``first_byte_at``.
 
     Built with keywords: ``request`` and ``request_id`` are required, any other field may be
     given (a test's context, say). The fields are slots, so a misspelt one is an error, not
@@ -79,11 +104,9 @@ class RequestContext:
     __slots__ = (
         "api",
         "body",
-        "cache_key",
         "cache_lookup",
-        "cache_status",
+        "cache_outcomes",
         "cache_store",
-        "cache_type",
         "complete",
         "completion",
         "consumer",
@@ -100,7 +123,6 @@ class RequestContext:
         "request_id",
         "response_headers",
         "scratch",
-        "similarity",
         "started_at",
         "status",
         "stream",
@@ -126,11 +148,8 @@ class RequestContext:
     #: Whether caches may answer this request, and whether they may store its answer.
     cache_lookup: bool
     cache_store: bool
-    #: A cache's verdict; the core sends it to the client as ``x-aigw-cache``.
-    cache_status: CacheStatus | None
-    cache_type: str | None
-    cache_key: str | None
-    similarity: float | None
+    #: What each cache decided, in the order they ran (one per cache: see record_cache).
+    cache_outcomes: tuple[CacheOutcome, ...]
 
     reply: Reply | None
     replied_by: str | None
@@ -138,6 +157,7 @@ class RequestContext:
     passed_on: tuple[str, ...]
     #: Headers plugins add in ``on_response_headers``; merged over the reply's own.
     response_headers: CIMultiDict[str]
+    #: The status sent to the client (499: it left first); written by the response phase only.
     status: int
     #: Token usage of the answer (OpenAI ``usage`` object) once known.
     usage: dict[str, Any] | None
@@ -170,10 +190,7 @@ class RequestContext:
         self.consumer = None
         self.cache_lookup = True
         self.cache_store = True
-        self.cache_status = None
-        self.cache_type = None
-        self.cache_key = None
-        self.similarity = None
+        self.cache_outcomes = ()
         self.reply = None
         self.replied_by = None
         self.passed_on = ()
@@ -191,6 +208,35 @@ class RequestContext:
 
     def __repr__(self) -> str:
         return f"<RequestContext {self.request_id} {self.api} model={self.model!r}>"
+
+    def record_cache(self, outcome: CacheOutcome) -> None:
+        """Record a cache's verdict; a later one of the same cache replaces its earlier one (a
+        miss that became a hit after waiting for an identical request, say)."""
+        outcomes = self.cache_outcomes
+        if not outcomes:  # the common case: the first cache to decide
+            self.cache_outcomes = (outcome,)
+            return
+        self.cache_outcomes = (*(o for o in outcomes if o.cache != outcome.cache), outcome)
+
+    @property
+    def cache_hit(self) -> CacheOutcome | None:
+        """The outcome of the cache that answered, if one did."""
+        for outcome in self.cache_outcomes:
+            if outcome.status == "hit":
+                return outcome
+        return None
+
+    @property
+    def cache_status(self) -> CacheStatus | None:
+        """The request's cache verdict over every cache (``x-aigw-cache``, the access log's
+        ``cache_status``): ``hit`` if one answered, else ``miss`` if one looked, else ``skip``
+        if each skipped; ``None`` when no cache saw the request."""
+        statuses = {o.status for o in self.cache_outcomes}
+        if "hit" in statuses:
+            return "hit"
+        if "miss" in statuses:
+            return "miss"
+        return "skip" if statuses else None
 
     @property
     def elapsed_ms(self) -> float:

@@ -1,105 +1,66 @@
-"""The per-process runtime handed to plugins: shared HTTP session, settings, background work."""
+"""What plugins get of the process: settings, shared HTTP clients, counters, background work."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from aigw.config import Config
+from aigw.counters import Counters
 from aigw.http_client import HTTPClient
 
-log = logging.getLogger("aigw")
+if TYPE_CHECKING:
+    from aigw.runtime import Runtime
 
 
 class Gateway:
     """What plugins get in ``startup(gateway)`` and ``register_routes``.
 
-    ``session`` is the one pooled :class:`aiohttp.ClientSession` of the process (created when
-    the app starts; never create one per request). It keeps no cookies: it is shared by every
-    client. ``client`` is the lean HTTP/1.1 client (:mod:`aigw.http_client`) for calls on the
-    hot path, upstream LLM calls: it costs a fraction of the session's CPU per call.
-    :meth:`spawn` runs work after the reply
-    (cache write-back) with a strong reference, so it is not garbage-collected mid-flight and
-    shutdown can wait for it.
+    ``config`` and ``settings`` are the validated conf.d and its gateway file. ``session`` is
+    the one pooled :class:`aiohttp.ClientSession` of the process (never create one per
+    request); it keeps no cookies, as it is shared by every client. ``client`` is the lean
+    HTTP/1.1 client (:mod:`aigw.http_client`) for calls on the hot path: it costs a fraction
+    of the session's CPU per call. Both exist only while the app runs (from ``startup`` to
+    ``shutdown``); reading them otherwise raises ``RuntimeError``. ``counters`` is where a
+    plugin counts what happened, for metrics to read (:mod:`aigw.counters`). :meth:`spawn`
+    runs work after the reply (a cache write-back) with a strong reference, so it is not
+    garbage-collected mid-flight and shutdown waits for it.
+
+    The lifecycle behind it (opening and closing the clients, draining the background work)
+    is the core's: :class:`aigw.runtime.Runtime`.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.settings = config.gateway
-        self._session: aiohttp.ClientSession | None = None
-        self._client: HTTPClient | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        #: Event-loop time by which shutdown must be over (set when the stop signal arrives).
-        self.shutdown_deadline: float | None = None
+        #: The process's event counts, which plugins report to.
+        self.counters = Counters()
+        self._runtime = runtime
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The shared client session; only valid between start-up and shutdown."""
-        if self._session is None:
+        session = self._runtime.session
+        if session is None:
             raise RuntimeError("the gateway's ClientSession exists only while the app runs")
-        return self._session
+        return session
 
     @property
     def client(self) -> HTTPClient:
         """The shared lean client; only valid between start-up and shutdown."""
-        if self._client is None:
+        client = self._runtime.client
+        if client is None:
             raise RuntimeError("the gateway's HTTP client exists only while the app runs")
-        return self._client
-
-    def open_session(self) -> aiohttp.ClientSession:
-        """Create the shared session and client (called by the app on start-up, in the loop)."""
-        self._client = HTTPClient()
-        # No total timeout: streams may last minutes; callers set connect/read timeouts.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            # The session serves every client: a cookie one upstream answer set must not ride
-            # along with the next request, whoever sends it. (It also spares a jar lookup per
-            # request and per answer.)
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
-        return self._session
-
-    async def close_session(self) -> None:
-        """Close the shared session and client."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        return client
 
     def spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
-        """Run ``coro`` in the background, tracked until done; failures are logged."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, what))
-        return task
-
-    def _finished(self, task: asyncio.Task[Any], what: str) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("background %s failed: %r", what, task.exception())
+        """Run ``coro`` in the background, tracked until done (``what`` names it in the log
+        if it fails); shutdown waits for it up to the shutdown budget, then cancels it."""
+        return self._runtime.spawn(coro, what)
 
     def shutdown_left(self) -> float:
         """Seconds left of ``shutdown_timeout_s`` since the stop signal (all of it if none)."""
-        if self.shutdown_deadline is None:
-            return self.settings.shutdown_timeout_s
-        return max(0.0, self.shutdown_deadline - asyncio.get_running_loop().time())
-
-    async def drain(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for background work, then cancel what is left."""
-        if not self._tasks:
-            return
-        _, late = await asyncio.wait(set(self._tasks), timeout=seconds)
-        for task in late:
-            task.cancel()
-        if late:
-            log.warning("cancelled %d background task(s) still running at shutdown", len(late))
-            await asyncio.wait(late)
+        return self._runtime.shutdown_left()

@@ -78,11 +78,18 @@ async def check_ready() -> str | None:
 async def on_request(ctx: RequestContext) -> Reply | None:
     """Inspect, rewrite or answer a request. Called in conf.d order.
 
-    Valid: ``ctx.request``, ``ctx.api``, ``ctx.body``/``ctx.payload`` (parsed and validated),
-    ``ctx.model``, ``ctx.stream``, ``ctx.target``, and whatever earlier plugins set
-    (``consumer``, ``cache_lookup``/``cache_store``). Return ``None`` to pass the request on,
-    or a :class:`~aigw.context.Reply` to answer now: later plugins' ``on_request`` are skipped
-    and only the plugins before this one see the response. Raise
+    Valid: ``ctx.request`` (method, path, headers), ``ctx.api``, and whatever earlier plugins
+    set (``consumer``, ``cache_lookup``/``cache_store``). The body is read, parsed and
+    validated, and the target resolved, just before the first plugin that needs them: for it
+    and every plugin after it ``ctx.body``/``ctx.payload``, ``ctx.model``, ``ctx.stream`` and
+    ``ctx.target`` are valid too. A plugin that decides on the headers alone (auth) declares
+    the class attribute ``reads_body = False``; placed before every plugin with an
+    ``on_request`` that reads the body, it runs before the body is read, so a caller it
+    refuses has no body read, parsed or validated, and learns nothing about the models (a bad
+    body's 400/413/415 or an unknown model's 404 come after it, and it sees them in its
+    response hooks). Return ``None`` to pass the request on, or a
+    :class:`~aigw.context.Reply` to answer now: later plugins' ``on_request`` are skipped and
+    only the plugins before this one see the response. Raise
     :class:`~aigw.errors.GatewayError` to answer with that error; any other exception becomes
     a 500 error reply and is logged.
     """
@@ -103,10 +110,12 @@ async def on_response_headers(ctx: RequestContext, reply: Reply) -> None:
 async def on_response_chunk(ctx: RequestContext, chunk: bytes) -> bytes | None:
     """See each chunk of the response body on its way to the client. Reverse order.
 
-    A whole-body reply is one chunk; a stream yields one chunk per SSE event, and one per
-    comment line the upstream sends between events (``: keep-alive``). Return ``None``
-    to pass the chunk on unchanged, or bytes to replace it. The headers are already sent:
-    raising stops the response (the client sees a cut-off body) and is logged.
+    A whole-body reply is one chunk, seen before the headers are sent (``ctx.status`` is set
+    as they are sent); raising there turns the reply into an error reply. A stream yields one
+    chunk per SSE event, and one per comment line the upstream sends between events
+    (``: keep-alive``), after its headers were sent: raising stops the response (the client
+    sees a cut-off body) and is logged. Return ``None`` to pass the chunk on unchanged, or
+    bytes to replace it.
     """
 
 

@@ -4,8 +4,10 @@ aiohttp replies by itself, in ``text/plain`` (or HTML), when a request cannot be
 malformed request line or header, a header too long, a ``Content-Encoding`` it cannot decode:
 400) and when a handler raises (500; 504 on a timeout). Those replies passed no gateway code,
 so they broke two promises every other response keeps: errors in OpenAI's shape, and an
-``x-request-id``. :func:`install` makes aiohttp build them here instead. aiohttp still logs
-them as it did, and still closes the connection after them.
+``x-request-id``. :func:`install` makes aiohttp build them here instead, by overriding
+``RequestHandler.handle_error``; having aiohttp's server use that handler takes private names,
+guarded in :mod:`aigw.aiohttp_private`. aiohttp still logs them as it did, and still closes
+the connection after them.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
+from aigw import aiohttp_private
 from aigw.errors import BadRequest, GatewayError
 from aigw.ids import request_id
 
@@ -44,7 +45,7 @@ def keep_id(request: web.Request, rid: str) -> None:
     request[_ID_KEY] = rid
 
 
-def kept_id(request: BaseRequest) -> str | None:
+def kept_id(request: web.BaseRequest) -> str | None:
     """The id :func:`keep_id` left on ``request``, if any."""
     rid: str | None = request.get(_ID_KEY)
     return rid
@@ -58,12 +59,12 @@ def status_for(err: Exception) -> int:
     return 504 if isinstance(err, TimeoutError) else 500
 
 
-class _Handler(RequestHandler):
+class _Handler(web.RequestHandler):
     """aiohttp's connection handler, with OpenAI-style error replies."""
 
     def handle_error(
         self,
-        request: BaseRequest,
+        request: web.BaseRequest,
         status: int = 500,
         exc: BaseException | None = None,
         message: str | None = None,
@@ -106,23 +107,9 @@ def _phrase(status: int) -> str:
         return f"HTTP {status}"
 
 
-class _Server(web.Server):
-    """aiohttp's server, making :class:`_Handler` connection handlers."""
-
-    def __call__(self) -> RequestHandler:
-        return _Handler(self, loop=self._loop, **self._kwargs)
-
-
 def install(app: web.Application) -> None:
     """Have the servers aiohttp makes for ``app`` (the CLI's runner, a test server) answer
-    their own errors in OpenAI's shape with an ``x-request-id``."""
-    make = app._make_handler
-
-    def make_handler(**kwargs: Any) -> web.Server:
-        server = make(**kwargs)
-        # The server aiohttp built, made to build our handlers: its state stays as it is.
-        server.__class__ = _Server
-        return server
-
-    # Set on the instance like dispatch.install's handler, out of aiohttp's debug-mode check.
-    object.__setattr__(app, "_make_handler", make_handler)
+    their own errors in OpenAI's shape with an ``x-request-id``: through
+    :mod:`aigw.aiohttp_private`, as aiohttp has no public way to; where it cannot, they keep
+    aiohttp's plain-text replies (and a warning says so at start-up)."""
+    aiohttp_private.install(app, _Handler)

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from aigw import aiohttp_private
 from aigw.context import Api, RequestContext
 from aigw.errors import BadRequest, GatewayError, PayloadTooLarge
 
@@ -40,16 +41,14 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
     length = request.content_length  # parsed from the header at every access
     if length is not None and length > max_bytes:
         raise _too_large(max_bytes)
-    content = request.content
     try:
-        if content.is_eof() and request._read_bytes is None:
-            # The body arrived whole (almost always: with the headers). Taken as it lies,
-            # without read()'s two awaited reads and copy; read() returns it all the same.
-            body = request._read_bytes = content.read_nowait()
-            if len(body) > max_bytes:  # chunked: no Content-Length to check beforehand
-                raise _too_large(max_bytes)
-        else:
-            body = await request.read()
+        # The body arrived whole (almost always: with the headers): taken as it lies, without
+        # read()'s two awaited reads and copy (aigw.aiohttp_private says what that saves).
+        body = aiohttp_private.take_body(request)
+        if body is None:
+            body = await request.read()  # which checks the size as it reads
+        elif len(body) > max_bytes:  # chunked: no Content-Length to check beforehand
+            raise _too_large(max_bytes)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_bytes) from None
     except (BadHttpMessage, web.RequestPayloadError) as err:

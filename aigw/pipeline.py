@@ -1,10 +1,13 @@
-"""Ordered, awaited dispatch of the request and response phases.
+"""Ordered, awaited dispatch of the request phase and of ``on_log``.
 
 pluggy is the registry, not the dispatcher: it calls implementations in LIFO order and cannot
 stop at the first coroutine result. So each phase's chain is built once, here, in conf.d
-order from ``pm.hook.<name>.get_hookimpls()``, and every step is awaited in turn. The response
-chains are precomputed for every possible replying plugin, so a request allocates nothing to
-find them. The rules are in :mod:`aigw.hookspecs`.
+order from ``pm.hook.<name>.get_hookimpls()`` (:func:`hook_steps`), and every step is awaited
+in turn. The response phase is :mod:`aigw.respond`'s. The rules are in :mod:`aigw.hookspecs`.
+
+The request body is read when the first plugin that needs it is reached, not before: plugins
+that declare ``reads_body = False`` (auth, say) run first on the headers alone, so a caller
+they refuse never gets its body read, parsed or its model looked up.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aigw.context import Reply, RequestContext
@@ -22,76 +24,115 @@ from aigw.plugins import LoadedPlugins
 log = logging.getLogger("aigw.pipeline")
 
 Step = tuple[str, Callable[..., Awaitable[Any]], tuple[str, ...]]
+#: Reads the request's body and resolves its target (the core's, run once per request).
+ReadBody = Callable[[RequestContext], Awaitable[None]]
 # Almost every implementation takes just ``ctx``: those are called positionally, which saves
 # building a keyword dict per step on every request.
-_CTX_ONLY = ("ctx",)
+CTX_ONLY = ("ctx",)
+RESPONSE_PHASES = ("on_response_headers", "on_response_chunk", "on_response_end")
+_INTERNAL = GatewayError("internal error in the gateway")
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseChains:
-    """The response-phase steps run for a request, last plugin first; the core skips a phase
-    whose list is empty, so plugins that do not hook it cost nothing."""
+def hook_steps(loaded: LoadedPlugins, phase: str) -> dict[str, Step]:
+    """Each plugin's implementation of ``phase``, by plugin name, in conf.d order."""
+    by_name: dict[str, Step] = {}
+    for impl in getattr(loaded.pm.hook, phase).get_hookimpls():
+        if impl.wrapper or impl.hookwrapper or impl.tryfirst or impl.trylast:
+            raise ConfigError(
+                f"plugin {impl.plugin_name!r}: {phase} cannot be a wrapper or use "
+                "tryfirst/trylast; conf.d order decides"
+            )
+        by_name[impl.plugin_name] = (impl.plugin_name, impl.function, impl.argnames)
+    return {name: by_name[name] for name, _ in loaded.order if name in by_name}
 
-    headers: list[Step]
-    chunk: list[Step]
-    end: list[Step]
+
+def call(step: Step, ctx: RequestContext, **extra: Any) -> Awaitable[Any]:
+    """Call a step with the arguments it declares, as pluggy does."""
+    _, fn, args = step
+    if args == CTX_ONLY:
+        return fn(ctx)
+    extra["ctx"] = ctx
+    return fn(**{a: extra[a] for a in args})
 
 
-_NO_CHAINS = ResponseChains([], [], [])
-
-_PHASES = ("on_request", "on_response_headers", "on_response_chunk", "on_response_end", "on_log")
+def reads_body(plugin: object, name: str) -> bool:
+    """Whether ``plugin``'s ``on_request`` needs the body (``reads_body``, default true)."""
+    value = getattr(plugin, "reads_body", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"plugin {name!r}: reads_body must be True or False, not {value!r}")
+    return value
 
 
 class Pipeline:
-    """The request/response chains of one configured gateway.
+    """The request chain and the ``on_log`` chain of one configured gateway.
 
     :meth:`run_request` returns the reply (never raises for plugin errors: they become error
-    replies); :meth:`chains` gives the reverse chains over the plugins that passed the request
-    on, which the ``response_*`` methods run; :meth:`log` runs ``on_log`` for every plugin.
+    replies) and leaves in ``ctx.passed_on`` the plugins that passed the request on, whose
+    response hooks then run; :meth:`log` runs ``on_log`` for every plugin. ``read_body`` is
+    the core's step that reads the body and resolves the target; it runs just before the
+    first plugin whose ``reads_body`` is true (the terminal one at the latest). Without it
+    (``aigw check``) the chains are only built and checked.
     """
 
-    def __init__(self, loaded: LoadedPlugins) -> None:
+    def __init__(self, loaded: LoadedPlugins, read_body: ReadBody | None = None) -> None:
         self.names = [name for name, _ in loaded.order]
-        steps: dict[str, dict[str, Step]] = {}
-        for phase in _PHASES:
-            by_name: dict[str, Step] = {}
-            for impl in getattr(loaded.pm.hook, phase).get_hookimpls():
-                if impl.wrapper or impl.hookwrapper or impl.tryfirst or impl.trylast:
-                    raise ConfigError(
-                        f"plugin {impl.plugin_name!r}: {phase} cannot be a wrapper or use "
-                        "tryfirst/trylast; conf.d order decides"
-                    )
-                by_name[impl.plugin_name] = (impl.plugin_name, impl.function, impl.argnames)
-            steps[phase] = by_name
-        order = self.names
-        self._request = [steps["on_request"][n] for n in order if n in steps["on_request"]]
-        self._log = [steps["on_log"][n] for n in order if n in steps["on_log"]]
-        self._index = {n: i for i, n in enumerate(order)}
-        # _chains[i]: the response steps of the plugins before plugin i (which replied), last
-        # first; _passed_on[i]: those plugins' names, in order.
-        self._chains = [
-            ResponseChains(
-                *(
-                    [steps[phase][n] for n in reversed(order[:i]) if n in steps[phase]]
-                    for phase in ("on_response_headers", "on_response_chunk", "on_response_end")
-                )
-            )
-            for i in range(len(order))
+        requests = hook_steps(loaded, "on_request")
+        # Only an on_request can need the body: a plugin without one (metrics, an access log)
+        # placed before auth must not have the body read before auth decides.
+        order = [
+            (name, reads_body(plugin, name) and name in requests) for name, plugin in loaded.order
         ]
-        self._passed_on = [tuple(order[:i]) for i in range(len(order))]
+        for phase in RESPONSE_PHASES:
+            hook_steps(loaded, phase)  # checked here too, so that `aigw check` reports them
+        self._log = list(hook_steps(loaded, "on_log").values())
+        self._read_body = read_body
+        # The plugins before the first one that reads the body, and the rest.
+        first = next(i for i, (_, needs) in enumerate(order) if needs or i == len(order) - 1)
+        self._before = [requests[n] for n, _ in order[:first] if n in requests]
+        self._after = [requests[n] for n, _ in order[first:] if n in requests]
+        # What ctx.passed_on is when a step replies: the plugins before it (a precomputed
+        # tuple per step, so a request allocates nothing to find it).
+        prefix = {name: tuple(self.names[:i]) for i, name in enumerate(self.names)}
+        self._passed = {name: prefix[name] for name in requests}
+        self._passed_to_read = tuple(self.names[:first])
+        #: The plugin the body is read just before (for ``aigw check``).
+        self.body_read_before = self.names[first]
 
     async def run_request(self, ctx: RequestContext) -> Reply:
-        """Run ``on_request`` in conf.d order until a plugin replies; errors become replies."""
-        for name, fn, args in self._request:
+        """Run ``on_request`` in conf.d order until a plugin replies; errors become replies.
+
+        The body is read between the plugins that do not need it and those that do; an error
+        reading it (400, 413, 415, an unknown model's 404) is the reply, seen on the way back
+        by the plugins before.
+        """
+        reply = await self._run(ctx, self._before) if self._before else None
+        if reply is not None:
+            return reply
+        if self._read_body is not None:
             try:
-                reply = await fn(ctx) if args == _CTX_ONLY else await fn(**_kw(args, ctx))
+                await self._read_body(ctx)
+            except GatewayError as err:
+                ctx.error = err
+                ctx.reply, ctx.replied_by = Reply.from_error(err), None
+                ctx.passed_on = self._passed_to_read
+                return ctx.reply
+        reply = await self._run(ctx, self._after)
+        if reply is None:
+            raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
+        return reply
+
+    async def _run(self, ctx: RequestContext, steps: list[Step]) -> Reply | None:
+        for step in steps:
+            name = step[0]
+            try:
+                reply = await call(step, ctx)
             except GatewayError as err:
                 ctx.error = err
                 reply = Reply.from_error(err)
             except Exception as err:
                 log.exception("request %s: plugin %s failed in on_request", ctx.request_id, name)
                 ctx.error = err
-                reply = Reply.from_error(GatewayError("internal error in the gateway"))
+                reply = Reply.from_error(_INTERNAL)
             if reply is not None:
                 if not isinstance(reply, Reply):
                     log.error(
@@ -101,44 +142,11 @@ class Pipeline:
                         type(reply).__name__,
                     )
                     ctx.error = TypeError(f"{name}.on_request returned {type(reply).__name__}")
-                    reply = Reply.from_error(GatewayError("internal error in the gateway"))
+                    reply = Reply.from_error(_INTERNAL)
                 ctx.reply, ctx.replied_by = reply, name
-                ctx.passed_on = self._passed_on[self._index[name]]
+                ctx.passed_on = self._passed[name]
                 return reply
-        raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
-
-    def chains(self, ctx: RequestContext) -> ResponseChains:
-        """The response-phase steps for ``ctx``: those of the plugins that passed it on."""
-        if ctx.replied_by is None:
-            return _NO_CHAINS
-        return self._chains[self._index[ctx.replied_by]]
-
-    async def response_headers(
-        self, ctx: RequestContext, reply: Reply, chains: ResponseChains
-    ) -> None:
-        """``on_response_headers`` in reverse order; an exception propagates to the core."""
-        for _, fn, args in chains.headers:
-            await fn(**_kw(args, ctx, reply=reply))
-
-    async def response_chunk(
-        self, ctx: RequestContext, chunk: bytes, chains: ResponseChains
-    ) -> bytes:
-        """``on_response_chunk`` in reverse order; each may replace the chunk."""
-        for _, fn, args in chains.chunk:
-            out = await fn(**_kw(args, ctx, chunk=chunk))
-            if out is not None:
-                chunk = out
-        return chunk
-
-    async def response_end(self, ctx: RequestContext, chains: ResponseChains) -> None:
-        """``on_response_end`` in reverse order; errors are logged, not raised."""
-        for name, fn, args in chains.end:
-            try:
-                await (fn(ctx) if args == _CTX_ONLY else fn(**_kw(args, ctx)))
-            except Exception:
-                log.exception(
-                    "request %s: plugin %s failed in on_response_end", ctx.request_id, name
-                )
+        return None
 
     async def log(self, ctx: RequestContext) -> None:
         """``on_log`` for every plugin, in conf.d order; errors are logged, not raised.
@@ -147,18 +155,12 @@ class Pipeline:
         after the one it interrupted: every plugin logs, then the cancellation propagates.
         """
         cancelled: asyncio.CancelledError | None = None
-        for name, fn, args in self._log:
+        for step in self._log:
             try:
-                await (fn(ctx) if args == _CTX_ONLY else fn(**_kw(args, ctx)))
+                await call(step, ctx)
             except asyncio.CancelledError as err:
                 cancelled = err
             except Exception:
-                log.exception("request %s: plugin %s failed in on_log", ctx.request_id, name)
+                log.exception("request %s: plugin %s failed in on_log", ctx.request_id, step[0])
         if cancelled is not None:
             raise cancelled
-
-
-def _kw(args: tuple[str, ...], ctx: RequestContext, **extra: Any) -> dict[str, Any]:
-    """Pass an implementation only the arguments it declares, as pluggy does."""
-    extra["ctx"] = ctx
-    return {a: extra[a] for a in args}

@@ -8,7 +8,8 @@ as an instance under its conf.d name (``pm.register(instance, name=...)``), then
 
 A plugin class may declare ``config_class`` (a :class:`~aigw.config.Settings` subclass); it is
 then built as ``cls(config)``, otherwise as ``cls()`` and must have no config. The last plugin
-must be terminal: see :class:`TerminalPlugin`.
+must be terminal: see :class:`TerminalPlugin`. A plugin whose ``on_request`` needs only the headers
+declares ``reads_body = False`` (see :func:`aigw.hookspecs.on_request`).
 """
 
 from __future__ import annotations

@@ -10,22 +10,28 @@ tls_key_file, key_prefix, timeout_ms, max_connections}``),
 ``replay_chunk_chars``.
 
 Reads ``ctx.cache_lookup``/``cache_store`` (skip-header), ``ctx.consumer`` (auth), ``ctx.target``
-and, at the end, ``ctx.completion``; writes ``ctx.cache_status``, ``cache_type``,
-``cache_key``. A hit is a local reply in the shape the request asks for (JSON or SSE), with
-``x-aigw-cache: hit``, ``x-aigw-cache-type: exact``, ``x-aigw-cache-key`` and ``age``. Only
-complete answers are stored: status 200, ``finish_reason`` ``stop`` (or ``tool_calls`` with
-``cache_tool_calls``), one choice; the write happens after the reply, in the background.
+and, at the end, ``ctx.completion``. Records its outcome on the context
+(``ctx.record_cache``: skip, miss or hit, type ``exact``, the key's first 16 hex digits), from
+which the core writes the ``x-aigw-cache*`` headers; a follower served after waiting for an
+identical request replaces its miss with a hit. A hit is a local reply in the shape the request
+asks for (JSON or SSE), with an ``age`` header. Only complete answers are stored: status 200,
+``finish_reason`` ``stop`` (or ``tool_calls`` with ``cache_tool_calls``), one choice; the write
+happens after the reply, in the background. Entries are kept per scope (see
+:mod:`aigw.cache.stores`).
 
-Fails open: a store error, timeout or garbage value is a miss (or a skipped store), counted in
-``failures.counts`` and logged at most every few seconds; the request never fails for the cache.
-An unreachable store makes ``/readyz`` report ``degraded`` (still 200): the gateway serves on.
+Counts, in the gateway's counters under ``exact-cache``: ``hit``, ``miss``, ``skip``,
+``stored``, ``coalesced`` (hits served by waiting for an identical request), and
+``lookup_failure``/``store_failure``.
+
+Fails open: a store error, timeout or garbage value is a miss (or a skipped store), counted and
+logged at most every few seconds; the request never fails for the cache. An unreachable store
+makes ``/readyz`` report ``degraded`` (still 200): the gateway serves on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,16 +39,18 @@ from pydantic import ConfigDict, Field
 
 from aigw import Degraded, hookimpl
 from aigw.cache.failopen import FailureLog
-from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key
+from aigw.cache.key import DEFAULT_KEY_FROM, CacheKey, Strategy, cache_key
 from aigw.cache.record import CacheRecord, InvalidRecord, make_record
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.replay import replay
 from aigw.cache.singleflight import PROCEED, SingleFlight
 from aigw.cache.stores import ExactStore, MemoryStore, MemoryStoreConfig, StoreError
 from aigw.config import Settings
-from aigw.context import Reply, RequestContext, Target
+from aigw.context import CacheOutcome, CacheStatus, Reply, RequestContext, Target
+from aigw.counters import Counters
 from aigw.gateway import Gateway
 
+#: The plugin's entry-point name: its outcomes' ``cache``, its counters' source, its scratch key.
 NAME = "exact-cache"
 log = logging.getLogger("aigw.exact_cache")
 
@@ -67,12 +75,15 @@ class ExactCacheConfig(Settings):
 
 @dataclass(slots=True)
 class _State:
-    """Per-request scratch: the full key, and whether this request leads its flight."""
+    """Per-request scratch: the key, this cache's verdict so far, and whether this request
+    leads its flight."""
 
-    key: str
-    scope: str
+    key: CacheKey
+    #: The key as logged and sent in x-aigw-cache-key (never the prompt).
+    short: str
     #: The target the key was made for; an answer from another (a fallback) is not stored.
     target: Target | None
+    status: CacheStatus | None = None
     leading: bool = False
     #: The answer went to the write-back, which lands the flight when done.
     writing: bool = False
@@ -114,6 +125,9 @@ class ExactCachePlugin:
     """Exact-match response cache with single-flight, on a memory or Redis store."""
 
     config_class = ExactCacheConfig
+    # Set by startup, before any request: they report to the gateway's counters.
+    counters: Counters
+    failures: FailureLog
 
     def __init__(self, config: ExactCacheConfig) -> None:
         self.config = config
@@ -123,8 +137,6 @@ class ExactCachePlugin:
             else MemoryStore(config.store)
         )
         self.flights = SingleFlight()
-        self.failures = FailureLog(log)
-        self.stats: Counter[str] = Counter()
         self._gateway: Gateway | None = None
         # The memory store's lookup, called without a coroutine (see MemoryStore.peek).
         self._peek = self.store.peek if isinstance(self.store, MemoryStore) else None
@@ -132,6 +144,8 @@ class ExactCachePlugin:
     @hookimpl
     async def startup(self, gateway: Gateway) -> None:
         self._gateway = gateway
+        self.counters = gateway.counters
+        self.failures = FailureLog(log, gateway.counters, NAME)
         try:
             await self.store.ping()
         except StoreError as err:
@@ -155,17 +169,21 @@ class ExactCachePlugin:
         if ctx.api != "chat.completions":
             return None
         cfg = self.config
-        scope = "shared" if cfg.scope == "shared" else f"consumer:{ctx.consumer or ''}"
-        key = None
-        if (ctx.cache_lookup or ctx.cache_store) and uncacheable_request(ctx.payload) is None:
-            key = exact_key(ctx, scope, cfg.key_strategy, cfg.key_from)
-        if key is None:
-            ctx.cache_status = "skip"
+        if not (ctx.cache_lookup or ctx.cache_store):
+            self._skip(ctx, "skipped by the request")
             return None
-        state = ctx.scratch[NAME] = _State(key, scope, ctx.target)
-        ctx.cache_key = key[:16]
+        why_not = uncacheable_request(ctx.payload)
+        if why_not is not None:
+            self._skip(ctx, why_not)
+            return None
+        scope = "shared" if cfg.scope == "shared" else f"consumer:{ctx.consumer or ''}"
+        key = cache_key(ctx, scope, cfg.key_strategy, cfg.key_from)
+        if key is None:
+            self._skip(ctx, "nothing to key on")
+            return None
+        state = ctx.scratch[NAME] = _State(key, key.exact[:16], ctx.target)
         if not ctx.cache_lookup:
-            ctx.cache_status = "skip"
+            self._skip(ctx, "no lookup asked (the answer is stored)", state)
             return None
         joining = ctx.cache_store and cfg.single_flight
         if joining and not self.store.local:
@@ -174,21 +192,29 @@ class ExactCachePlugin:
             # request that then misses follows (and finds the record on a second lookup)
             # rather than leading a second flight upstream. (A memory lookup cannot
             # interleave, so its hits skip the flight.)
-            state.leading = self.flights.lead(key)
+            state.leading = self.flights.lead(key.exact)
         reply = self._look_here(ctx, state) if self._peek else await self._lookup(ctx, state)
         if reply is not None or not joining:
             return reply
         if self.store.local:
             # The common case, nobody else asking the same, costs one dict insert.
-            state.leading = self.flights.lead(key)
+            state.leading = self.flights.lead(key.exact)
         if not state.leading:
             return await self._follow(ctx, state)
         return None
 
+    def _skip(self, ctx: RequestContext, reason: str, state: _State | None = None) -> None:
+        """Record that this cache neither looked nor answered, and why."""
+        short = None
+        if state is not None:
+            state.status, short = "skip", state.short
+        ctx.record_cache(CacheOutcome(NAME, "exact", "skip", short, reason=reason))
+        self.counters.inc(NAME, "skip")
+
     async def _lookup(self, ctx: RequestContext, state: _State) -> Reply | None:
         """A hit from the store, or ``None`` and a miss."""
         try:
-            record = await self.store.get(state.key)
+            record = await self.store.get(state.key.scope, state.key.exact)
         except (StoreError, InvalidRecord) as err:
             self.failures.failed("lookup", err)
             record = None
@@ -198,7 +224,7 @@ class ExactCachePlugin:
         """:meth:`_lookup` in the memory store, without awaiting anything."""
         assert self._peek is not None
         try:
-            record = self._peek(state.key)
+            record = self._peek(state.key.exact)
         except InvalidRecord as err:
             self.failures.failed("lookup", err)
             record = None
@@ -210,19 +236,21 @@ class ExactCachePlugin:
         """The hit ``record`` makes, or ``None`` and a miss. A leading request's hit lands
         its flight, so whoever joined it meanwhile is served the same record."""
         if record is not None:
-            if record.key == state.key:
-                reply = self._replay(ctx, record)
+            # The scope too: every store checks it, not only those whose keys carry it.
+            if record.key == state.key.exact and record.scope == state.key.scope:
+                reply = self._replay(ctx, state, record)
                 if reply is not None:
-                    log.info("cache hit for key: %s", ctx.cache_key)
+                    log.info("cache hit for key: %s", state.short)
                     if state.leading:
                         state.leading = False
-                        self.flights.land(state.key, record)
+                        self.flights.land(state.key.exact, record)
                     return reply
             else:
                 self.failures.failed("lookup", "stored record belongs to another key")
-        if ctx.cache_status != "miss":  # a follower's second lookup: counted once
-            log.info("cache miss for key: %s", ctx.cache_key)
-            ctx.cache_status = "miss"
+        if state.status != "miss":  # a follower's second lookup: logged once
+            log.info("cache miss for key: %s", state.short)
+            state.status = "miss"
+            ctx.record_cache(CacheOutcome(NAME, "exact", "miss", state.short))
         return None
 
     async def _follow(self, ctx: RequestContext, state: _State) -> Reply | None:
@@ -234,47 +262,47 @@ class ExactCachePlugin:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return await self._lookup(ctx, state)  # then upstream, without coalescing
-            landed = await self.flights.wait(state.key, remaining)
+            landed = await self.flights.wait(state.key.exact, remaining)
             if isinstance(landed, CacheRecord):
                 # Replayed in this request's shape, which may fail where the leader's did not
                 # (a damaged record from Redis): then this one goes upstream on its own.
-                reply = self._replay(ctx, landed)
+                reply = self._replay(ctx, state, landed)
                 if reply is not None:
-                    self.stats["coalesced"] += 1
+                    self.counters.inc(NAME, "coalesced")
                     log.info(
-                        "cache hit for key: %s (waited for the identical request)", ctx.cache_key
+                        "cache hit for key: %s (waited for the identical request)", state.short
                     )
                 return reply
             if landed is PROCEED:
                 return None
-            state.leading = self.flights.lead(state.key)
+            state.leading = self.flights.lead(state.key.exact)
             if state.leading:
                 return await self._lookup(ctx, state)
 
-    def _replay(self, ctx: RequestContext, record: CacheRecord) -> Reply | None:
+    def _replay(self, ctx: RequestContext, state: _State, record: CacheRecord) -> Reply | None:
         """:meth:`_hit`, or ``None`` (a miss, counted as a failure) for a record that cannot
         be replayed."""
         try:
-            return self._hit(ctx, record)
+            return self._hit(ctx, state, record)
         except Exception as err:  # a stored record decode() let through
             self.failures.failed("lookup", f"cannot replay the stored record: {err!r}")
             return None
 
-    def _hit(self, ctx: RequestContext, record: CacheRecord) -> Reply:
+    def _hit(self, ctx: RequestContext, state: _State, record: CacheRecord) -> Reply:
         usage = record.response.get("usage")
         usage = dict(usage) if usage else None  # a copy: the record is shared
-        headers = {
-            "x-aigw-cache": "hit",
-            "x-aigw-cache-type": "exact",
-            "x-aigw-cache-key": ctx.cache_key or "",
-            "age": str(record.age),
-        }
         reply = replay(
-            record, ctx.stream, ctx.include_usage, headers, self.config.replay_chunk_chars
+            record,
+            ctx.stream,
+            ctx.include_usage,
+            {"age": str(record.age)},
+            self.config.replay_chunk_chars,
         )
         # Only now that the reply exists: a record that cannot be replayed leaves no trace.
-        self.stats["hit"] += 1
-        ctx.cache_status, ctx.cache_type, ctx.usage = "hit", "exact", usage
+        self.counters.inc(NAME, "hit")
+        state.status = "hit"
+        ctx.record_cache(CacheOutcome(NAME, "exact", "hit", state.short))  # replaces a miss
+        ctx.usage = usage
         return reply
 
     @hookimpl
@@ -286,12 +314,14 @@ class ExactCachePlugin:
         if ctx.target is not state.target and ctx.target != state.target:
             why_not = f"answered by fallback {ctx.target}"
         if why_not is not None or ctx.completion is None:
-            log.debug("not caching key %s: %s", ctx.cache_key, why_not)
+            log.debug("not caching key %s: %s", state.short, why_not)
             return
         try:
-            record = make_record(ctx.completion, state.key, state.scope, self.config.ttl_seconds)
+            record = make_record(
+                ctx.completion, state.key.exact, state.key.scope, self.config.ttl_seconds
+            )
         except InvalidRecord as err:
-            log.debug("not caching key %s: %s", ctx.cache_key, err)
+            log.debug("not caching key %s: %s", state.short, err)
             return
         state.writing = True
         if self.store.local:
@@ -308,7 +338,7 @@ class ExactCachePlugin:
         """
         try:
             await self.store.set(record)
-            self.stats["stored"] += 1
+            self.counters.inc(NAME, "stored")
         except StoreError as err:
             self.failures.failed("store", err)
         finally:
@@ -318,11 +348,13 @@ class ExactCachePlugin:
     @hookimpl
     async def on_log(self, ctx: RequestContext) -> None:
         state: _State | None = ctx.scratch.get(NAME)
-        if state is not None and state.leading and not state.writing:
+        if state is None:
+            return
+        if state.leading and not state.writing:
             # No record to share. A failure (no answer, 5xx, 429, or a reply that never
             # reached its end: a stream that broke, a client that left): one follower retries.
             # A complete answer that may not be stored: the followers all go upstream now.
             failed = not ctx.complete or ctx.status >= 500 or ctx.status == 429
-            self.flights.land(state.key, None if failed else PROCEED)
-        if ctx.cache_status == "miss":
-            self.stats["miss"] += 1
+            self.flights.land(state.key.exact, None if failed else PROCEED)
+        if state.status == "miss":  # counted once, and not if it became a hit
+            self.counters.inc(NAME, "miss")

@@ -22,6 +22,8 @@ SKIP_HEADER: Final = "x-higress-skip-ai-cache"
 class SkipHeaderPlugin:
     """Reads the client's cache-control headers into the context."""
 
+    reads_body = False  # the headers decide: it runs before the body is read
+
     @hookimpl
     async def on_request(self, ctx: RequestContext) -> None:
         headers = ctx.request.headers

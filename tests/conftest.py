@@ -25,6 +25,9 @@ from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 
 UPSTREAM_KEY = "sk-upstream-secret"
+# For the tests' openai clients: a hang fails the test in this time, not in the client's
+# default 10 minutes.
+CLIENT_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -103,7 +106,10 @@ async def make_gateway(
             server=server,
             http=aiohttp.ClientSession(),
             openai=openai.AsyncOpenAI(
-                base_url=str(server.make_url("/v1")), api_key="sk-client", max_retries=0
+                base_url=str(server.make_url("/v1")),
+                api_key="sk-client",
+                max_retries=0,
+                timeout=CLIENT_TIMEOUT_S,
             ),
             conf_dir=conf_dir,
         )

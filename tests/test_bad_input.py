@@ -8,6 +8,7 @@ import logging
 from typing import Any
 from unittest import mock
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -101,10 +102,39 @@ async def test_an_expectation_other_than_100_continue_is_417(gateway: Gateway) -
             err = await expect_error(resp, 417)
         assert err["code"] == "expectation_failed"
         assert "100-nope" in err["message"]
-    # 100-continue is still honoured: the client waits for it before sending the body.
-    async with gateway.http.post(gateway.url(CHAT), json=body, expect100=True) as resp:
+    # 100-continue is still honoured: the client waits for it before sending the body (a
+    # bound, so that a missing one fails instead of waiting for aiohttp's 5-minute default).
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with gateway.http.post(
+        gateway.url(CHAT), json=body, expect100=True, timeout=timeout
+    ) as resp:
         assert resp.status == 200
         assert (await resp.json())["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize(
+    ("version", "interim"),
+    [("1.1", b"HTTP/1.1 100 Continue\r\n\r\n"), ("1.0", b"")],
+)
+async def test_100_continue_comes_before_the_body_on_http_1_1_only(
+    gateway: Gateway, version: str, interim: bytes
+) -> None:
+    # HTTP/1.0 has no interim responses: there the client sends its body without waiting.
+    url = gateway.server.make_url("/")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/%s\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (version.encode(), len(CHAT_BODY))
+        )
+        if interim:
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == interim
+        writer.write(CHAT_BODY)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/%s 200 OK\r\n" % version.encode())
 
 
 async def test_body_over_limit_is_413(make_gateway: GatewayFactory, upstream: Upstream) -> None:
@@ -224,8 +254,7 @@ async def test_parse_error_messages_are_bounded_and_always_encodable() -> None:
     # The parser quotes the client's bytes in its message; aiohttp's pure-Python parser keeps
     # undecodable ones as surrogates, which no UTF-8 reply can carry as they are.
     server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
-    server.__class__ = http_errors._Server
-    handler = server()
+    handler = http_errors._Handler(server, loop=asyncio.get_running_loop())
     request = make_mocked_request("POST", "/v1/chat/completions", writer=mock.Mock(output_size=0))
     resp = handler.handle_error(request, 400, None, "Invalid chunk size: \udcff" + "x" * 5000)
     assert isinstance(resp, web.Response) and resp.status == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -24,7 +25,6 @@ import pytest
 import aigw
 from aigw.cli import main
 from tests.conftest import UPSTREAM_KEY, Upstream, write_conf
-from tests.redis_server import free_port
 
 SHIPPED = Path(__file__).parent.parent / "conf.d"
 ENV_KNOBS = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AIGW_HOST", "AIGW_PORT")
@@ -300,8 +300,8 @@ async def spawn_aigw(
 async def aigw_process(
     env: dict[str, str], *args: str, servers: int = 1
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """Start ``python -m aigw -c <shipped conf.d> --port 0 [args]``; yield it and its bound
-    port once ``servers`` processes said they are serving."""
+    """Start ``python -m aigw -c <shipped conf.d> --port 0 [args]``; yield it and the port it
+    bound once ``servers`` processes said they are serving on it."""
     proc = await spawn_aigw(SHIPPED, env, *args)
     assert proc.stderr is not None
     seen: list[str] = []
@@ -316,7 +316,7 @@ async def aigw_process(
                 seen.append(raw.decode(errors="replace"))
                 if m := SERVING.search(seen[-1]):
                     ports.append(int(m.group(1)))
-        port = ports[0]
+        (port,) = set(ports)  # with --workers, all of them on one port
 
         async def keep_reading() -> None:  # a full pipe must never block the gateway
             assert proc.stderr is not None
@@ -418,10 +418,9 @@ async def test_serve_shipped_conf_with_openai_key(upstream: Upstream) -> None:
 
 
 async def test_serve_with_two_workers_on_one_port() -> None:
-    port = free_port()
-    args = ("--port", str(port), "--workers", "2")
-    async with aigw_process(child_env(), *args, servers=2) as (proc, bound):
-        assert bound == port
+    # --port 0: the parent resolves it once; each worker on a port of its own would leave
+    # all but one of them unreachable.
+    async with aigw_process(child_env(), "--workers", "2", servers=2) as (proc, port):
         async with client_for(port) as client:
             answers = await asyncio.gather(
                 *(
@@ -445,11 +444,6 @@ def psutil_children(pid: int) -> list[int]:
     """The pids of ``pid``'s worker processes (multiprocessing's resource tracker, also a
     child, is not a worker)."""
     return [c for c in children_of(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-def test_workers_need_a_fixed_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(["check", "-c", str(SHIPPED), "--port", "0", "--workers", "2"], capsys)
-    assert code == 2 and "fixed port" in err
 
 
 async def test_a_plugin_that_cannot_start_exits_1_cleanly(tmp_path: Path) -> None:
@@ -480,6 +474,46 @@ def test_workers_refuse_a_port_already_in_use(capsys: pytest.CaptureFixture[str]
     assert rc == 1
 
 
+def stall_workers(where: Path) -> None:
+    """Have each ``--workers`` worker started with ``where`` on PYTHONPATH say so (and whether
+    it ignores Ctrl-C) as its interpreter starts, before aigw's code is imported, then stay
+    there."""
+    # One write per line: the workers share the pipe, and print() writes its arguments
+    # separately, so two workers' lines came out interleaved, as one.
+    (where / "sitecustomize.py").write_text(
+        "import os, signal, sys, time\n"
+        "if '--multiprocessing-fork' in sys.orig_argv:\n"
+        "    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
+        "    os.write(2, f'a worker is starting, Ctrl-C ignored: {ignored}\\n'.encode())\n"
+        "    time.sleep(3600)\n",
+        encoding="utf-8",
+    )
+
+
+async def test_the_port_is_held_until_the_workers_bind_it(tmp_path: Path) -> None:
+    # Workers take a while to start: until they bind, the port --workers resolved and checked
+    # is the parent's, or another server could take it meanwhile (and take the gateway's
+    # clients, or make every worker fail).
+    stall_workers(tmp_path)
+    env = child_env(PYTHONPATH=str(tmp_path))
+    proc = await spawn_aigw(SHIPPED, env, "--workers", "2", new_session=True)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            held = await read_until(proc, re.compile(r"2 workers on http://127\.0\.0\.1:(\d+)"))
+            for _ in range(2):
+                await read_until(proc, re.compile("a worker is starting"))
+        for reuse_address in (False, True):
+            with socket.socket() as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse_address)
+                with pytest.raises(OSError) as err:
+                    other.bind(("127.0.0.1", int(held.group(1))))
+                    other.listen()
+            assert err.value.errno == errno.EADDRINUSE
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
 async def read_port(proc: asyncio.subprocess.Process) -> int:
     """Read the process's stderr up to its "serving" line; the port it serves on."""
     assert proc.stderr is not None
@@ -489,12 +523,12 @@ async def read_port(proc: asyncio.subprocess.Process) -> int:
     pytest.fail("aigw's output ended before it served")
 
 
-async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str]) -> None:
+async def read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[str]) -> re.Match[str]:
     """Read the process's stderr up to a line matching ``pattern``; fail if it ends first."""
     assert proc.stderr is not None
     while line := (await proc.stderr.readline()).decode():
-        if pattern.search(line):
-            return
+        if m := pattern.search(line):
+            return m
     pytest.fail(f"aigw's output ended before {pattern.pattern!r}")
 
 
@@ -510,9 +544,7 @@ IGNORING_SIGCHLD = (
 
 @pytest.mark.parametrize("launcher", [(), IGNORING_SIGCHLD], ids=["plain", "sigchld-ignored"])
 async def test_a_worker_that_dies_stops_the_gateway_with_exit_1(launcher: tuple[str, ...]) -> None:
-    port = free_port()
-    args = ("--port", str(port), "--workers", "2")
-    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=launcher)
+    proc = await spawn_aigw(SHIPPED, child_env(), "--workers", "2", launcher=launcher)
     try:
         async with asyncio.timeout(TIMEOUT_S):
             for _ in range(2):  # both workers serving
@@ -544,13 +576,11 @@ async def test_workers_serve_under_a_parent_that_is_pid_1() -> None:
     # taking "my parent is pid 1" for "my parent died" stopped every worker at once.
     if not can_unshare_pid():
         pytest.skip("needs `unshare --pid` (root, or user namespaces)")
-    port = free_port()
-    args = ("--port", str(port), "--workers", "2")
-    proc = await spawn_aigw(SHIPPED, child_env(), *args, launcher=UNSHARE_PID)
+    proc = await spawn_aigw(SHIPPED, child_env(), "--workers", "2", launcher=UNSHARE_PID)
     try:
         async with asyncio.timeout(TIMEOUT_S):
-            for _ in range(2):
-                await read_until(proc, SERVING)
+            port = await read_port(proc)
+            await read_until(proc, SERVING)
             async with client_for(port) as client:
                 answer = await client.chat.completions.create(
                     model="gpt-4o", messages=user("from pid 1")
@@ -594,7 +624,7 @@ async def test_shutdown_is_bounded_by_shutdown_timeout(tmp_path: Path, workers: 
             "90-p.yaml": MOCK_PROXY,
         },
     )
-    args = ("--port", str(free_port()), "--workers", "2") if workers > 1 else ()
+    args = ("--workers", str(workers))
     for signals in (1, 2):
         proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)), *args)
         assert proc.stderr is not None
@@ -656,18 +686,10 @@ async def test_ctrl_c_during_start_up_stops_without_a_traceback(
     args: tuple[str, ...] = ()
     starting = re.compile("Slow is starting")
     if workers > 1:
-        args = ("--port", str(free_port()), "--workers", "2")
-        # Run by each worker's interpreter at start-up, before aigw's code is imported (a
-        # Ctrl-C there once printed a KeyboardInterrupt traceback per worker).
-        (tmp_path / "sitecustomize.py").write_text(
-            "import signal, sys, time\n"
-            "if '--multiprocessing-fork' in sys.orig_argv:\n"
-            "    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
-            "    print('a worker is starting, Ctrl-C ignored:', ignored, file=sys.stderr,\n"
-            "          flush=True)\n"
-            "    time.sleep(3600)\n",
-            encoding="utf-8",
-        )
+        args = ("--workers", "2")
+        # Stalled as their interpreter starts: a Ctrl-C there once printed a KeyboardInterrupt
+        # traceback per worker.
+        stall_workers(tmp_path)
         # The parent's SIGTERM may end a worker before its own Ctrl-C would have: check the
         # disposition itself, not only the output.
         starting = re.compile("a worker is starting, Ctrl-C ignored: True")
@@ -700,8 +722,7 @@ async def test_ctrl_c_stops_serving_workers_cleanly() -> None:
     # The terminal's Ctrl-C reaches every process of the job. Serving workers must leave it
     # to the parent, which stops them with SIGTERM: a worker that stopped on the Ctrl-C
     # itself took the parent's SIGTERM for a second signal and exited 1 ("exiting now").
-    args = ("--port", str(free_port()), "--workers", "2")
-    proc = await spawn_aigw(SHIPPED, child_env(), *args, new_session=True)
+    proc = await spawn_aigw(SHIPPED, child_env(), "--workers", "2", new_session=True)
 
     async def serving() -> None:
         for _ in range(2):
@@ -727,7 +748,7 @@ async def test_a_sigterm_to_the_whole_job_stops_workers_cleanly(tmp_path: Path) 
         "        await asyncio.Event().wait()  # until its shutdown budget is over\n",
     )
     (conf / "00-gateway.yaml").write_text("gateway:\n  shutdown_timeout_s: 2\n")
-    args = ("--port", str(free_port()), "--workers", "2")
+    args = ("--workers", "2")
     proc = await spawn_aigw(conf, child_env(PYTHONPATH=str(tmp_path)), *args, new_session=True)
     assert proc.stderr is not None
     try:

@@ -6,21 +6,27 @@ The proxy here is a real forward proxy on 127.0.0.1: it takes absolute-form requ
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
+import trustme
 from aigw_plugins.provider_proxy.config import ProviderConfig
 from aigw_plugins.provider_proxy.upstream import Upstream as ProviderUpstream
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from aigw.gateway import Gateway as GatewayRuntime
 from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
 
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "via the proxy"}]}
 
 
@@ -46,8 +52,8 @@ async def forward_proxy(aiohttp_server: Callable[..., Awaitable[TestServer]]) ->
         async with session.request(
             request.method, request.url, headers=headers, data=await request.read()
         ) as upstream:
-            resp = web.StreamResponse(status=upstream.status)
-            resp.content_type = upstream.content_type
+            kept = {k: v for k, v in upstream.headers.items() if k.lower() not in _FRAMING}
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=kept)
             await resp.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await resp.write(chunk)
@@ -123,14 +129,65 @@ async def test_only_http_proxies(
         await make_gateway({"90-provider-proxy.yaml": provider_file(upstream, proxy=proxy)})
 
 
-def test_proxy_credentials_never_enter_an_https_tunnel() -> None:
-    proxy = "http://egress:s3cret@proxy.example:3128"
+async def test_proxy_credentials_never_enter_an_https_tunnel(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    # A real CONNECT proxy in front of a real https upstream (a throwaway CA's certificate).
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    seen: list[dict[str, str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    upstream = await aiohttp_server(app, ssl=server_tls)
+    connects: list[bytes] = []
+
+    async def tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        connects.append(head)
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        to_reader, to_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(_pipe(reader, to_writer), _pipe(to_reader, writer))
+
+    proxy = await asyncio.start_server(tunnel, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    proxy_url = f"http://egress:s3cret@127.0.0.1:{proxy_port}"
+    url = str(upstream.make_url("/v1"))
+    cfg = ProviderConfig(name="t", base_url=url, proxy=proxy_url, api_key="sk-k")
+    provider = ProviderUpstream(cfg)
+    assert provider.proxy == f"http://127.0.0.1:{proxy_port}"
+    connector = aiohttp.TCPConnector(ssl=client_tls)
+    async with proxy, aiohttp.ClientSession(connector=connector) as session:
+        provider.start(cast(GatewayRuntime, SimpleNamespace(session=session)))
+        headers: dict[str, str] = {}
+        resp = await provider.post("chat.completions", "m", b'{"x": 1}', headers)
+        assert (resp.status, await resp.read()) == (200, b'{"x": 1}')
+        resp.release()
+
     auth = "Basic " + base64.b64encode(b"egress:s3cret").decode()
-    tls = ProviderUpstream(ProviderConfig(name="t", base_url="https://api.example/v1", proxy=proxy))
     # Only on the CONNECT to the proxy; the request inside the tunnel goes to the provider.
-    assert tls.proxy == "http://proxy.example:3128"
-    assert tls._proxy_headers == {"Proxy-Authorization": auth}
-    assert all("Proxy-Authorization" not in h for h in tls._headers)
-    plain = ProviderUpstream(ProviderConfig(name="p", base_url="http://vllm.lan/v1", proxy=proxy))
-    assert plain._proxy_headers is None  # a plain request is sent to the proxy itself
-    assert all(h["Proxy-Authorization"] == auth for h in plain._headers)
+    assert len(connects) == 1
+    assert connects[0].startswith(f"CONNECT 127.0.0.1:{upstream.port} ".encode())
+    assert f"Proxy-Authorization: {auth}\r\n".encode() in connects[0]
+    assert len(seen) == 1 and seen[0]["Authorization"] == "Bearer sk-k"
+    assert not [name for name in seen[0] if name.lower().startswith("proxy-")]
+    assert "Proxy-Authorization" not in headers
+
+
+async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except ConnectionError:
+        pass
+    finally:
+        sink.close()

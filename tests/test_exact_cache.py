@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import sys
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -14,8 +18,11 @@ import pytest
 import redis.asyncio as redis
 from multidict import CIMultiDict
 
-from aigw.app import GATEWAY, PLUGINS
+from aigw import hookimpl
+from aigw.app import PLUGINS, RUNTIME
+from aigw.cache.key import scope_hash
 from aigw.cache.record import make_record
+from aigw.context import CacheOutcome, RequestContext
 from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
@@ -64,7 +71,12 @@ async def ask_stream(gw: Gateway, **kw: Any) -> tuple[str | None, str, list[Any]
 
 async def settle(gw: Gateway) -> None:
     """Wait for background write-backs, so the next request sees what was stored."""
-    await gw.server.app[GATEWAY].drain(5)
+    await gw.server.app[RUNTIME].drain(5)
+
+
+def counts(gw: Gateway) -> dict[str, int]:
+    """What the exact cache counted in the gateway's counters."""
+    return gw.server.app[RUNTIME].gateway.counters.snapshot().get("exact-cache", {})
 
 
 async def test_repeated_question_goes_upstream_once(gw: Gateway, upstream: Upstream) -> None:
@@ -80,6 +92,115 @@ async def test_repeated_question_goes_upstream_once(gw: Gateway, upstream: Upstr
     assert second.model == first.model == "gpt-4o" and second.created == first.created
     assert second.usage == first.usage and second.id != first.id
     assert second.object == "chat.completion"
+
+
+class Outcomes:
+    """Hands each request's cache outcomes, as ``on_log`` sees them (as the access log and
+    metrics will), to the test."""
+
+    def __init__(self) -> None:
+        self.logged: asyncio.Queue[tuple[CacheOutcome, ...]] = asyncio.Queue()
+
+    @hookimpl
+    async def on_log(self, ctx: RequestContext) -> None:
+        self.logged.put_nowait(ctx.cache_outcomes)
+
+    async def next(self) -> tuple[CacheOutcome, ...]:
+        """The next request's outcomes (on_log runs once its reply is sent)."""
+        return await asyncio.wait_for(self.logged.get(), 5)
+
+
+@pytest.fixture
+def outcomes_plugin() -> Iterator[str]:
+    """The conf.d ``plugin:`` value of :class:`Outcomes`."""
+    module = types.ModuleType("aigw_test_outcomes")
+    module.Outcomes = Outcomes  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    yield f"{module.__name__}:Outcomes"
+    del sys.modules[module.__name__]
+
+
+async def watched(
+    make_gateway: GatewayFactory, upstream: Upstream, plugin: str, store: dict[str, Any]
+) -> tuple[Gateway, Outcomes]:
+    """A gateway with an :class:`Outcomes` after the exact cache, and that plugin."""
+    conf = cache_conf(upstream, store)
+    conf["40-outcomes.yaml"] = {"plugin": plugin}
+    gw = await make_gateway(conf)
+    return gw, dict(gw.server.app[PLUGINS].order)[plugin]
+
+
+async def test_outcomes_become_headers_and_counts(
+    make_gateway: GatewayFactory, upstream: Upstream, outcomes_plugin: str, store: dict[str, Any]
+) -> None:
+    gw, outcomes = await watched(make_gateway, upstream, outcomes_plugin, store)
+    chat = gw.openai.chat.completions.with_raw_response
+    miss = await chat.create(model="gpt-4o", messages=MSG)
+    [logged] = await outcomes.next()
+    assert (logged.cache, logged.type, logged.status) == ("exact-cache", "exact", "miss")
+    assert logged.key is not None and re.fullmatch(r"[0-9a-f]{16}", logged.key)
+    assert miss.headers["x-aigw-cache"] == "miss"
+    assert "x-aigw-cache-type" not in miss.headers and "x-aigw-cache-key" not in miss.headers
+    await settle(gw)
+
+    hit = await chat.create(model="gpt-4o", messages=MSG)
+    assert await outcomes.next() == (CacheOutcome("exact-cache", "exact", "hit", logged.key),)
+    assert (hit.headers["x-aigw-cache"], hit.headers["x-aigw-cache-type"]) == ("hit", "exact")
+    assert hit.headers["x-aigw-cache-key"] == logged.key
+    assert "x-aigw-cache-similarity" not in hit.headers
+
+    skip = await chat.create(
+        model="gpt-4o", messages=MSG, extra_headers={"x-higress-skip-ai-cache": "on"}
+    )
+    [skipped] = await outcomes.next()
+    assert (skipped.status, skipped.reason) == ("skip", "skipped by the request")
+    assert skip.headers["x-aigw-cache"] == "skip" and "x-aigw-cache-type" not in skip.headers
+    refresh = await chat.create(
+        model="gpt-4o", messages=MSG, extra_headers={"Cache-Control": "no-cache"}
+    )
+    [refreshed] = await outcomes.next()
+    assert (refreshed.status, refreshed.key) == ("skip", logged.key)  # looked nothing up
+    assert refresh.headers["x-aigw-cache"] == "skip"
+    await chat.create(model="gpt-4o", messages=MSG, n=2)
+    assert [o.reason for o in await outcomes.next()] == ["n > 1"]
+    await settle(gw)
+    assert counts(gw) == {"miss": 1, "hit": 1, "skip": 3, "stored": 2}  # refreshed: stored
+
+
+async def test_a_follower_served_after_waiting_has_one_outcome_a_hit(
+    make_gateway: GatewayFactory, upstream: Upstream, outcomes_plugin: str
+) -> None:
+    gw, outcomes = await watched(make_gateway, upstream, outcomes_plugin, {"type": "memory"})
+    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
+    joined = joins(cache)
+    upstream.llm.hold()
+    leader = asyncio.create_task(ask(gw))
+    await upstream.llm.wait_for_calls(1)
+    follower = asyncio.create_task(ask(gw))
+    await joined.wait()  # it missed, and waits for the leader's answer
+    upstream.llm.release()
+    assert [status for status, _ in await asyncio.gather(leader, follower)] == ["miss", "hit"]
+    logged = sorted([await outcomes.next(), await outcomes.next()], key=lambda o: o[0].status)
+    key = logged[0][0].key
+    assert logged == [
+        (CacheOutcome("exact-cache", "exact", "hit", key),),  # its miss replaced
+        (CacheOutcome("exact-cache", "exact", "miss", key),),
+    ]
+    assert counts(gw) == {"miss": 1, "hit": 1, "coalesced": 1, "stored": 1}
+
+
+async def test_redis_keys_carry_the_scope(
+    make_gateway: GatewayFactory, upstream: Upstream, redis_url: str, key_prefix: str
+) -> None:
+    gw, _ = await answered_on_redis(make_gateway, upstream, redis_url, key_prefix)
+    key, stored = await stored_key(redis_url, key_prefix)
+    raw = await gw.openai.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSG)
+    assert raw.headers["x-aigw-cache"] == "hit"
+    # No auth plugin: the anonymous consumer's scope, as a hash tag, then the exact key.
+    tag = re.escape(f"{key_prefix}{{{scope_hash('consumer:')}}}:")
+    assert re.fullmatch(tag + r"[0-9a-f]{64}", key.decode())
+    assert stored["key"] == key.decode()[-64:] and stored["scope"] == "consumer:"
+    assert stored["key"].startswith(raw.headers["x-aigw-cache-key"])
 
 
 async def test_stream_served_from_a_non_stream_answer(gw: Gateway, upstream: Upstream) -> None:
@@ -336,16 +457,10 @@ async def test_cache_control_no_store(gw: Gateway, upstream: Upstream) -> None:
 async def test_scope_separates_consumers_unless_shared(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
-    from aigw import hookimpl
-    from aigw.context import RequestContext
-
     class HeaderConsumer:  # stands in for an auth plugin
         @hookimpl
         async def on_request(self, ctx: RequestContext) -> None:
             ctx.consumer = ctx.request.headers.get("x-test-consumer")
-
-    import sys
-    import types
 
     module = types.ModuleType("aigw_test_consumer")
     module.HeaderConsumer = HeaderConsumer  # type: ignore[attr-defined]
@@ -413,13 +528,13 @@ async def test_a_lookup_outlasting_the_leaders_flight_does_not_go_upstream_again
     lookups = 0
     real_get, real_land = cache.store.get, cache.flights.land
 
-    async def get(key: str) -> Any:
+    async def get(scope: str, key: str) -> Any:
         nonlocal lookups
         lookups += 1
         if lookups == 1:
-            return await real_get(key)
+            return await real_get(scope, key)
         arrived.set()
-        record = await real_get(key)  # read while the leader is still upstream: nothing yet
+        record = await real_get(scope, key)  # read while the leader is still upstream: nothing yet
         await landed.wait()  # ... and returning only once the leader's flight has landed
         return record
 
@@ -478,11 +593,11 @@ async def test_a_follower_that_cannot_replay_the_leaders_record_goes_upstream(
     looking, joined, go = asyncio.Event(), joins(cache), asyncio.Event()
     real_get = cache.store.get
 
-    async def get(key: str) -> Any:
+    async def get(scope: str, key: str) -> Any:
         if not looking.is_set():
             looking.set()
             await go.wait()  # the leader's lookup lasts until the follower has joined
-        return await real_get(key)
+        return await real_get(scope, key)
 
     cache.store.get = get
     leader = asyncio.create_task(ask_stream(gw))
@@ -511,13 +626,13 @@ async def test_a_redis_follower_is_served_by_its_own_lookup(
     leader_task: asyncio.Task[Any] | None = None
     real_get = cache.store.get
 
-    async def get(key: str) -> Any:
+    async def get(scope: str, key: str) -> Any:
         nonlocal leader_task
         if leader_task is None:
             leader_task = asyncio.current_task()
             looking.set()
             await asyncio.Event().wait()  # until cancelled
-        return await real_get(key)
+        return await real_get(scope, key)
 
     cache.store.get = get
     leader = asyncio.create_task(ask(gw))
@@ -696,7 +811,6 @@ async def test_redis_restart_and_down(
 ) -> None:
     store = {"type": "redis", "url": redis_server.url, "key_prefix": key_prefix}
     gw = await make_gateway(cache_conf(upstream, store))
-    cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
     await ask(gw)
     await settle(gw)
     assert (await ask(gw))[0] == "hit"
@@ -705,7 +819,7 @@ async def test_redis_restart_and_down(
     status, completion = await ask(gw)  # Redis down: a miss, never an error
     assert status == "miss" and completion.choices[0].message.content == ANSWER
     await settle(gw)
-    assert cache.failures.counts["lookup"] >= 1 and cache.failures.counts["store"] >= 1
+    assert counts(gw)["lookup_failure"] >= 1 and counts(gw)["store_failure"] >= 1
     async with gw.http.get(gw.url("/readyz")) as resp:  # degraded, still in rotation
         body = await resp.json()
         assert resp.status == 200 and body["status"] == "degraded"
@@ -781,11 +895,11 @@ async def test_a_damaged_memory_entry_is_a_miss_counted_as_a_failure(
     cache = dict(gw.server.app[PLUGINS].order)["exact-cache"]
     await ask(gw)
     await settle(gw)
-    [(key, (expires, size, _))] = cache.store._data.items()
-    cache.store._data[key] = (expires, size, b'{"v": 1, "response": null}')
+    [(key, (expires, size, _, scope))] = cache.store._data.items()
+    cache.store._data[key] = (expires, size, b'{"v": 1, "response": null}', scope)
     status, completion = await ask(gw)
     assert status == "miss" and completion.choices[0].message.content == ANSWER
-    assert cache.failures.counts["lookup"] == 1 and upstream.llm.chat_calls == 2
+    assert counts(gw)["lookup_failure"] == 1 and upstream.llm.chat_calls == 2
     await settle(gw)
     status, completion = await ask(gw)
     assert status == "hit" and completion.choices[0].message.content == ANSWER
@@ -817,14 +931,19 @@ async def test_higress_last_question_strategy(
     gw = await make_gateway(
         cache_conf(upstream, {"type": "memory"}, cacheKeyStrategy="lastQuestion")
     )
-    first = [{"role": "system", "content": "Be brief."}, *MSG]
-    second = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}, *MSG]
-    await ask(gw, messages=first)
+    history = [{"role": "system", "content": "Be brief."}]
+    await ask(gw, messages=[*history, *MSG])
     await settle(gw)
-    status, completion = await ask(gw, messages=second)  # same last question: a hit
+    named = [*history, {**MSG[0], "name": "alice"}]  # only the last message's content is keyed
+    status, completion = await ask(gw, messages=named)
     assert status == "hit" and completion.choices[0].message.content == ANSWER
-    status, _ = await ask(gw, messages=second, model="gpt-4o-mini")  # model still keyed
+    status, _ = await ask(gw, messages=named, model="gpt-4o-mini")  # model still keyed
     assert status == "miss"
+    # Unlike Higress, the earlier turns are keyed too: the same question after another
+    # conversation is not answered from this one.
+    other = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi"}, *MSG]
+    status, _ = await ask(gw, messages=other)
+    assert status == "miss" and upstream.llm.chat_calls == 3
 
 
 async def test_log_lines_keep_higress_phrases_without_the_prompt(
@@ -869,8 +988,7 @@ async def test_redis_with_a_password(
         gw_bad = await make_gateway(cache_conf(upstream, bad), name="bad")
         status, completion = await ask(gw_bad)  # refused by Redis: a miss, not an error
         assert status == "miss" and completion.choices[0].message.content == ANSWER
-        cache = dict(gw_bad.server.app[PLUGINS].order)["exact-cache"]
-        assert cache.failures.counts["lookup"] == 1
+        assert counts(gw_bad)["lookup_failure"] == 1
     finally:
         server.stop()
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai.types.chat import ChatCompletionMessageParam
 
+from tests.conftest import CLIENT_TIMEOUT_S
 from tests.fakes import EMBEDDINGS, FakeLLM  # tests/ is on sys.path (rootdir-relative, no __init__)
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -32,7 +33,9 @@ async def server(llm: FakeLLM, aiohttp_server: ServerFactory) -> TestServer:
 @pytest.fixture
 async def client(server: TestServer) -> AsyncIterator[openai.AsyncOpenAI]:
     base_url = str(server.make_url("/v1"))
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0) as c:
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-test", max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as c:
         yield c
 
 
@@ -248,11 +251,15 @@ async def test_auth(aiohttp_server: ServerFactory) -> None:
     llm = FakeLLM(api_key="sk-upstream")
     server = await aiohttp_server(llm.app)
     base_url = str(server.make_url("/v1"))
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-wrong", max_retries=0) as bad:
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-wrong", max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as bad:
         with pytest.raises(openai.AuthenticationError, match="Incorrect API key") as err:
             await bad.chat.completions.create(model="m", messages=USER)
     assert (err.value.type, err.value.code) == ("invalid_request_error", "invalid_api_key")
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-upstream") as good:
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-upstream", max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as good:
         await good.chat.completions.create(model="m", messages=USER)
     async with (
         aiohttp.ClientSession() as session,
@@ -306,6 +313,7 @@ async def test_azure_and_dashscope_paths(llm: FakeLLM, server: TestServer) -> No
         api_key="az-key",
         api_version="2024-10-21",
         max_retries=0,
+        timeout=CLIENT_TIMEOUT_S,
     )
     async with azure:
         r = await azure.chat.completions.create(model="my-deploy", messages=USER)
@@ -316,7 +324,9 @@ async def test_azure_and_dashscope_paths(llm: FakeLLM, server: TestServer) -> No
     assert call.query["api-version"] == "2024-10-21"
     assert call.headers["api-key"] == "az-key"
     base_url = str(server.make_url("/compatible-mode/v1"))
-    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-ds", max_retries=0) as ds:
+    async with openai.AsyncOpenAI(
+        base_url=base_url, api_key="sk-ds", max_retries=0, timeout=CLIENT_TIMEOUT_S
+    ) as ds:
         r = await ds.chat.completions.create(model="qwen-plus", messages=USER)
     assert r.model == "qwen-plus"
     assert llm.last_call.path == "/compatible-mode/v1/chat/completions"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import logging
 import socket
 import ssl
 import struct
@@ -22,6 +23,7 @@ from aigw.http_client import (
     HTTPClient,
     ReadTimeout,
     ResponseError,
+    StaleConnection,
 )
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
@@ -485,3 +487,323 @@ async def test_https_verifies_the_upstream_certificate(monkeypatch: pytest.Monke
                 assert await post(origin) == (200, b"dotted")
     assert srv.connections == 2  # one reused, then the dotted one (refused handshakes: none)
     assert f"Host: localhost:{port}\r\n".encode() in srv.requests[2]
+
+
+# -- strict parsing (issue #15): what llhttp, aiohttp's and uvicorn's parser, refuses
+
+
+async def test_two_content_lengths_never_hand_the_hidden_rest_to_the_next_request() -> None:
+    # The second Content-Length covers a whole answer hidden after the first's body; it comes
+    # once the next request is on the pooled connection, and would be read as its answer.
+    hidden = answer(b"another tenant's answer")
+    first = f"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: {5 + len(hidden)}\r\n\r\n"
+    sent_hidden = False
+
+    async def hostile(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        nonlocal sent_hidden
+        if s.connections == 1:
+            await s.request(r)
+            w.write(first.encode() + b"hello")
+            await w.drain()
+            if await s.request(r) is not None:  # the next request came on this connection
+                w.write(hidden)
+                sent_hidden = True
+                await w.drain()
+        while await s.request(r) is not None:
+            w.write(answer(b"own"))
+            await w.drain()
+
+    async with talking(hostile, read_timeout=60) as (srv, origin), asyncio.timeout(5):
+        with pytest.raises(ResponseError, match="Content-Length"):
+            await post(origin)
+        assert await post(origin) == (200, b"own")
+    assert not sent_hidden and srv.connections == 2
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+CHUNKED = OK_HEAD + b"Transfer-Encoding: chunked\r\n"
+# Each answer, and what the error says (llhttp's reason, or the client's own).
+AMBIGUOUS = {
+    "te-and-cl": (CHUNKED + b"Content-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "Content-L"),
+    "cl-and-te": (
+        OK_HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "Transfer-Encoding",
+    ),
+    "two-te-lines": (
+        CHUNKED + b"Transfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "unsupported Transfer-Encoding",
+    ),
+    "te-twice-chunked": (
+        CHUNKED + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "unsupported Transfer-Encoding",
+    ),
+    "te-gzip-chunked": (
+        OK_HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "unsupported Transfer-Encoding",
+    ),
+    "equal-cls": (OK_HEAD + b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", "Duplicate"),
+    **{
+        f"chunk-size-{size.decode()[:6]}": (
+            CHUNKED + b"\r\n" + size + b"\r\nhello\r\n0\r\n\r\n",
+            "(?i)chunk size",
+        )
+        for size in (b"0x5", b"+5", b"0_5", b"5 ", b"%x" % 2**80)
+    },
+    "nul-in-value": (OK_HEAD + b"X-A: a\x00b\r\nContent-Length: 5\r\n\r\nhello", "header value"),
+    "space-in-name": (OK_HEAD + b"X A: b\r\nContent-Length: 5\r\n\r\nhello", "header token"),
+    "lf-only": (b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello", "CR"),
+    "lf-only-headers": (OK_HEAD + b"Content-Length: 5\n\nhello", "CR"),
+    "switching-protocols": (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        "switched protocols",
+    ),
+    "1xx-with-a-body": (
+        b"HTTP/1.1 150 Odd\r\nContent-Length: 5\r\n\r\nhello" + answer(b"ok"),
+        "informational answer",
+    ),
+    "http-2.0": (b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello", "HTTP/2.0"),
+}
+
+
+@pytest.mark.parametrize(("raw", "why"), AMBIGUOUS.values(), ids=AMBIGUOUS.keys())
+async def test_ambiguous_or_malformed_answers_fail_at_once_and_are_not_reused(
+    raw: bytes, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The read timeout is a minute: an answer that is not refused hangs past the 5 s deadline.
+    async with talking(replies(raw, answer(b"next")), read_timeout=60) as (srv, origin):
+        async with asyncio.timeout(5):
+            with pytest.raises(ResponseError, match=why):
+                await post(origin)
+            assert await post(origin) == (200, b"next")
+    assert srv.connections == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # failed cleanly
+
+
+@pytest.mark.parametrize("extra", [b"junk", answer(b"hidden")], ids=["junk", "an-answer"])
+async def test_bytes_after_an_answer_close_the_connection_and_reach_no_one(extra: bytes) -> None:
+    async with talking(replies(answer(b"a") + extra, answer(b"b"))) as (srv, origin):
+        assert await post(origin) == (200, b"a")  # its answer was whole before the extra
+        assert await post(origin) == (200, b"b")
+    assert srv.connections == 2
+
+
+async def test_a_head_over_64_kib_is_an_error() -> None:
+    raw = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: a\r\n" * 100_000  # 1 MiB, and no end
+    async with talking(replies(raw), read_timeout=60) as (_, origin), asyncio.timeout(5):
+        with pytest.raises(ResponseError, match="64 KiB"):
+            await post(origin)
+
+
+async def test_a_compressed_answer_read_whole_stops_at_the_decoded_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bomb = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=1)  # 64 MiB of zeros: 64 KiB
+    fed: list[int] = []
+    feed = http_client.Body._feed
+    monkeypatch.setattr(http_client.Body, "_feed", lambda b, d: (fed.append(len(d)), feed(b, d)))
+    async with serving(replies(answer(bomb, "Content-Encoding: gzip"))) as (_, url):
+        client = HTTPClient()
+        origin = client.origin(url, 5.0, 5.0, max_decoded_bytes=1024 * 1024)
+        try:
+            with pytest.raises(ResponseError, match="decoded body exceeds 1048576 bytes"):
+                await post(origin)
+        finally:
+            client.close()
+    assert 0 < sum(fed) <= 1024 * 1024 and max(fed) <= 64 * 1024
+
+
+async def test_a_body_read_whole_stops_at_the_body_limit_a_stream_does_not() -> None:
+    big = bytes(3 * 1024 * 1024)
+    async with serving(replies(answer(big), answer(big))) as (_, url):
+        client = HTTPClient()
+        origin = client.origin(url, 5.0, 5.0, max_body_bytes=1024 * 1024)
+        try:
+            with pytest.raises(ResponseError, match="body exceeds 1048576 bytes"):
+                await post(origin)
+            resp = await origin.post("/", b"", {})
+            assert sum([len(part) async for part in resp.content.iter_any()]) == len(big)
+            resp.release()
+        finally:
+            client.close()
+
+
+async def test_a_compressed_stream_is_decoded_as_it_is_read_not_when_it_arrives() -> None:
+    text = bytes(range(256)) * 32 * 1024  # 8 MiB
+    wire = answer(gzip.compress(text, compresslevel=1), "Content-Encoding: gzip")
+    async with talking(replies(wire)) as (_, origin), asyncio.timeout(10):
+        resp = await origin.post("/", b"", {})
+        conn = resp._conn
+        assert conn is not None
+        received = 0
+        arrived = asyncio.Event()
+        seen = conn.data_received
+
+        def spy(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            seen(data)
+            if received >= len(wire) - 4096:  # the head is not counted: a little less
+                arrived.set()
+
+        conn.data_received = spy  # type: ignore[method-assign]
+        if conn._paused:  # the body came with the head (and reading paused since)
+            arrived.set()
+        await arrived.wait()
+        # Nothing was read: about the back-pressure mark was decoded, the rest waits coded.
+        assert resp.content._size <= 2 * 64 * 1024 and conn._tail
+        parts = [part async for part in resp.content.iter_any()]
+        resp.release()
+    assert b"".join(parts) == text
+
+
+async def test_gzip_members_are_all_decoded() -> None:
+    one, two = b'{"a": ' + b"1" * 1000, b"2" * 1000 + b"}"
+    wire = gzip.compress(one) + gzip.compress(two)
+    async with talking(replies(answer(wire, "Content-Encoding: gzip"))) as (_, origin):
+        assert await post(origin) == (200, one + two)
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [gzip.compress(b"x" * 1000)[:-10], gzip.compress(b"x") + b"junk", zlib.compress(b"x") + b"!"],
+    ids=["cut-short", "junk-after-gzip", "bytes-after-deflate"],
+)
+async def test_a_compressed_body_cut_short_or_followed_by_junk_is_an_error(wire: bytes) -> None:
+    coding = "deflate" if wire.startswith(b"x") else "gzip"
+    async with talking(replies(answer(wire, f"Content-Encoding: {coding}"))) as (_, origin):
+        with pytest.raises(ResponseError):
+            await post(origin)
+
+
+async def test_a_compressed_answer_framed_by_the_connection_end_is_streamed_whole() -> None:
+    text = bytes(range(256)) * 8 * 1024  # 2 MiB: decoding stops and goes on as it is read
+
+    async def until_close(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await s.request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n" + gzip.compress(text))
+        await w.drain()
+
+    async with talking(until_close) as (_, origin), asyncio.timeout(10):
+        resp = await origin.post("/", b"", {})
+        parts = [part async for part in resp.content.iter_any()]
+        resp.release()
+    assert b"".join(parts) == text and len(parts) > 1
+
+
+async def test_a_compressed_answer_whole_before_a_tls_close_is_still_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # asyncio's TLS layer reads on while the reader is paused, so the close can come before
+    # the body is decoded: the answer arrived whole, and is read whole.
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    text = bytes(range(256)) * 8 * 1024  # 2 MiB: far more than is decoded ahead of the reader
+    wire = answer(gzip.compress(text), "Content-Encoding: gzip", "Connection: close")
+
+    async def once(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        await s.request(r)
+        w.write(wire)
+        await w.drain()
+
+    with ca.cert_pem.tempfile() as ca_file:
+        monkeypatch.setenv("SSL_CERT_FILE", ca_file)
+        monkeypatch.setattr(http_client.pool, "_ssl_context", None)
+        async with serving(once, tls=server_tls) as (_, url), client_for(url) as origin:
+            async with asyncio.timeout(10):
+                resp = await origin.post("/", b"", {})
+                conn = resp._conn
+                assert conn is not None
+                lost = asyncio.get_running_loop().create_future()
+                seen = conn.connection_lost
+
+                def spy(exc: Exception | None) -> None:
+                    seen(exc)
+                    lost.set_result(None)
+
+                conn.connection_lost = spy  # type: ignore[method-assign]
+                if conn.closed:  # it came with the answer
+                    lost.set_result(None)
+                await lost
+                parts = [part async for part in resp.content.iter_any()]
+                resp.release()
+    assert b"".join(parts) == text
+
+
+async def test_a_connection_whose_answer_ended_while_paused_is_not_reused() -> None:
+    # The answer's body (100 KB: more than a reader may leave unread) arrives in one read, so
+    # reading pauses, and the answer ends. The upstream then sends a stray answer, which waits
+    # in the socket unseen. Reused, the connection would hand it to the next request.
+    send_body, send_stray, sent_stray = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        while (request := await s.request(r)) is not None:
+            if len(s.requests) == 1:
+                wire = answer(bytes(100_000))
+                w.write(wire[:-100_000])  # the head
+                await send_body.wait()
+                w.write(wire[-100_000:])
+                await send_stray.wait()
+                w.write(answer(b"SECRET ANSWER OF ANOTHER CLIENT"))
+                await w.drain()
+                sent_stray.set()
+            else:
+                w.write(answer(b"own answer: " + request.rsplit(b"\r\n\r\n", 1)[1]))
+                await w.drain()
+
+    async with talking(script) as (srv, origin), asyncio.timeout(10):
+        resp = await origin.post("/", b"first", {})
+        conn = resp._conn
+        assert conn is not None
+        send_body.set()
+        await resp.content._wait()  # the body's bytes came
+        assert conn._paused and resp.content._eof  # reading paused, then the answer ended
+        send_stray.set()
+        await sent_stray.wait()
+        assert len(await resp.read()) == 100_000
+        resp.release()
+        assert await post(origin, b"second") == (200, b"own answer: second")
+    assert srv.connections == 2
+
+
+async def test_a_kept_alive_connection_closed_before_any_byte_is_stale_a_new_one_is_not() -> None:
+    # The upstream reads the second request and closes without a byte: on a reused connection
+    # that is the idle-close race (StaleConnection: safe to send again); on a new one the
+    # request reached it and may have been processed (a plain ResponseError).
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, s: Server) -> None:
+        if await s.request(r) is not None and s.connections == 1:
+            w.write(answer(b"one"))
+            await w.drain()
+            await s.request(r)  # the second request: closed on, unanswered
+
+    async with talking(script) as (_, origin):
+        assert await post(origin) == (200, b"one")
+        with pytest.raises(StaleConnection):
+            await post(origin)
+        with pytest.raises(ResponseError) as err:  # a new connection, closed the same way
+            await post(origin)
+        assert not isinstance(err.value, StaleConnection)
+
+
+async def test_a_small_body_decoding_to_megabytes_gives_the_loop_back_as_it_goes() -> None:
+    # 16 MiB of zeros arrive as a few KiB of gzip in one read: decoded all at once, every other
+    # request on the loop would wait for it. Decoded a megabyte a turn, a ticker runs between.
+    wire = answer(gzip.compress(bytes(16 * 1024 * 1024), compresslevel=1), "Content-Encoding: gzip")
+    turns = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)  # counts the loop's turns (what is measured, not a wait)
+
+    async with talking(replies(wire)) as (_, origin), asyncio.timeout(10):
+        resp = await origin.post("/", b"", {})
+        tick = asyncio.create_task(ticker())
+        body = await resp.read()
+        done = True
+        await tick
+        resp.release()
+    assert body == bytes(16 * 1024 * 1024)
+    assert turns >= 12, turns

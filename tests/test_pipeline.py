@@ -24,8 +24,7 @@ from multidict import CIMultiDict
 from aigw.app import PLUGINS, create_app
 from aigw.config import load_config
 from aigw.context import Reply, RequestContext
-from aigw.pipeline import ResponseChains
-from aigw.respond import send
+from aigw.respond import ResponsePhase
 from tests.conftest import GatewayFactory, write_conf
 
 RECORDER = """
@@ -423,11 +422,16 @@ async def test_hook_check_ready(make_gateway: GatewayFactory, recorder: ModuleTy
 
 
 async def test_a_stream_cancelled_before_it_starts_is_closed() -> None:
-    # The client leaves (aiohttp cancels the handler) while send() waits before writing: the
-    # reply's stream, which holds the upstream request, is closed at once.
-    closed = asyncio.Event()
+    # The client leaves (aiohttp cancels the handler) while the response phase runs, before
+    # the stream started: the reply's stream, which holds the upstream request, is closed.
+    import pluggy
 
-    class Stream:  # what the provider's Relay looks like to send()
+    from aigw import hookimpl, hookspecs
+    from aigw.plugins import LoadedPlugins
+
+    closed, waiting = asyncio.Event(), asyncio.Event()
+
+    class Stream:  # what the provider's Relay looks like to the response phase
         def __aiter__(self) -> Stream:
             return self
 
@@ -437,13 +441,19 @@ async def test_a_stream_cancelled_before_it_starts_is_closed() -> None:
         async def aclose(self) -> None:
             closed.set()
 
-    class NoPlugins:
-        def chains(self, ctx: RequestContext) -> ResponseChains:
-            return ResponseChains([], [], [])
+    class Slow:  # its headers hook waits until the client leaves
+        @hookimpl
+        async def on_response_headers(self, ctx: RequestContext) -> None:
+            waiting.set()
+            await asyncio.get_running_loop().create_future()
 
-    ctx = RequestContext(request=None, request_id="r1", api="chat.completions")
-    task = asyncio.create_task(send(ctx, Reply(stream=Stream()), NoPlugins()))  # type: ignore[arg-type]
-    await asyncio.sleep(0)  # one step: the task now waits in send(), before writing
+    pm = pluggy.PluginManager("aigw")
+    pm.add_hookspecs(hookspecs)
+    pm.register(Slow(), name="slow")
+    responses = ResponsePhase(LoadedPlugins(pm=pm, order=[("slow", Slow())], terminal=None))  # type: ignore[arg-type]
+    ctx = RequestContext(request=None, request_id="r1", api="chat.completions", passed_on=("slow",))
+    task = asyncio.create_task(responses.send(ctx, Reply(stream=Stream())))
+    await waiting.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -461,18 +471,18 @@ async def test_replies_ready_together_are_written_together(
 
     from aigw import Reply
     from aigw.context import RequestContext
-    from aigw.pipeline import Pipeline
     from aigw.plugins import load
-    from aigw.respond import send
 
-    pipeline = Pipeline(load(load_config(write_conf(tmp_path / "conf.d", conf(recorder)))))
+    loaded = load(load_config(write_conf(tmp_path / "conf.d", conf(recorder))))
+    responses = ResponsePhase(loaded)
+    passed = tuple(name for name, _ in loaded.order[:-1])  # A, B, C: the proxy replied
 
     async def answer(n: int) -> None:
         transport = mock.Mock(**{"is_closing.return_value": False})  # an open connection
         request = make_mocked_request("POST", "/v1/chat/completions", transport=transport)
         request.writer.output_size = 0  # a number, as a real writer's (older aiohttp: a Mock)
-        ctx = RequestContext(request=request, request_id=f"r{n}", replied_by="provider-proxy")
-        await send(ctx, Reply.json({"n": n}), pipeline)
+        ctx = RequestContext(request=request, request_id=f"r{n}", passed_on=passed)
+        await responses.send(ctx, Reply.json({"n": n}))
         assert ctx.complete
 
     await asyncio.gather(answer(1), answer(2))

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
+from aigw_plugins.provider_proxy import ProviderProxyPlugin
+from aigw_plugins.provider_proxy.config import ProviderConfig
+from aigw_plugins.provider_proxy.upstream import Upstream as ProviderUpstream
 from aiohttp import web
 
-from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
+from aigw.app import create_app
+from aigw.config import load_config
+from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
+from aigw.http_client import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPClientError,
+    ReadTimeout,
+    ResponseError,
+    StaleConnection,
+)
+from aigw.plugins import load
+from aigw.transport import MockHandler, MockResponse, MockTransport, UpstreamRequest
+from tests.conftest import (
+    UPSTREAM_KEY,
+    Gateway,
+    GatewayFactory,
+    Upstream,
+    provider_file,
+    write_conf,
+)
 from tests.fakes import Behaviour, FakeLLM
 
 MSG = [{"role": "user", "content": "hello there world"}]
@@ -451,3 +475,131 @@ async def test_multi_line_sse_events_are_relayed_well_formed(
     chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+# ----------------------------------------------------------- retries and failover, transport mocked
+
+
+def mocked(handler: MockHandler, **cfg: Any) -> ProviderUpstream:
+    """An upstream whose calls ``handler`` answers."""
+    settings = {"name": "m", "base_url": "http://up.invalid/v1", "retry_backoff_s": 0, **cfg}
+    upstream = ProviderUpstream(ProviderConfig.model_validate(settings))
+    upstream.transport = MockTransport(handler)
+    return upstream
+
+
+def scripted(*steps: MockResponse | HTTPClientError) -> tuple[MockHandler, list[dict[str, str]]]:
+    """A handler giving ``steps`` in turn (raising the errors), and the headers it was sent."""
+    todo, sent = list(steps), []
+
+    def handler(request: UpstreamRequest) -> MockResponse:
+        sent.append(dict(request.headers))
+        step = todo.pop(0)
+        if isinstance(step, HTTPClientError):
+            raise step
+        return step
+
+    return handler, sent
+
+
+async def test_connect_failures_are_retried_with_the_next_key() -> None:
+    handler, sent = scripted(
+        ConnectError("refused"), ConnectTimeout("slow"), MockResponse(200, body=b"{}")
+    )
+    upstream = mocked(handler, api_keys=["sk-1", "sk-2"], max_retries=2)
+    resp = await upstream.post("chat.completions", "m", b"{}", {})
+    assert resp.status == 200
+    assert [h["Authorization"] for h in sent] == ["Bearer sk-1", "Bearer sk-2", "Bearer sk-1"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [
+        (ConnectError("refused"), UpstreamError),
+        (StaleConnection("closed while idle"), UpstreamError),
+        (ConnectTimeout("slow"), UpstreamTimeout),
+    ],
+)
+async def test_failing_every_attempt(failure: HTTPClientError, raised: type[GatewayError]) -> None:
+    handler, sent = scripted(failure, failure, failure)
+    with pytest.raises(raised) as err:
+        await mocked(handler, max_retries=2).post("chat.completions", "m", b"{}", {})
+    assert err.value.__cause__ is failure and len(sent) == 3
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ResponseError("connection lost before the answer was whole"), ResponseError("malformed")],
+)
+async def test_a_broken_answer_is_not_retried(failure: HTTPClientError) -> None:
+    # The request reached the upstream, which may have processed (and billed) it.
+    handler, sent = scripted(failure, MockResponse(200, body=b"{}"))
+    with pytest.raises(UpstreamError) as err:
+        await mocked(handler, max_retries=2).post("chat.completions", "m", b"{}", {})
+    assert err.value.__cause__ is failure and len(sent) == 1
+
+
+async def test_a_read_timeout_is_not_retried() -> None:
+    # The upstream may be working on it (and billing): not sent twice.
+    handler, sent = scripted(ReadTimeout("no answer"), MockResponse(200))
+    with pytest.raises(UpstreamTimeout):
+        await mocked(handler, max_retries=2).post("chat.completions", "m", b"{}", {})
+    assert len(sent) == 1
+
+
+async def test_a_retried_answer_frees_its_connection() -> None:
+    refused = [MockResponse(503, body=b"busy"), MockResponse(429, {"Retry-After": "0"})]
+    handler, _ = scripted(*refused, MockResponse(200, body=b"{}"))
+    resp = await mocked(handler, max_retries=2).post("chat.completions", "m", b"{}", {})
+    assert resp.status == 200
+    # Freed, not left open: the unread one closed, the empty one back to the pool.
+    assert [r.connection for r in refused] == ["closed", "pooled"]
+
+
+async def test_failover_frees_the_refused_answer_and_pools_the_streamed_one(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    providers = [
+        {"name": "primary", "base_url": "http://primary.invalid/v1", "max_retries": 0,
+         "fallbacks": ["backup"]},
+        {"name": "backup", "base_url": "http://backup.invalid/v1"},
+    ]  # fmt: skip
+    busy = MockResponse(503, body=b"busy")
+    events = b"".join(
+        b"data: " + orjson.dumps(c) + b"\n\n"
+        for c in (_chunk({"role": "assistant", "content": "hi"}), _chunk({}, "stop"))
+    )
+    streamed = MockResponse(
+        200, {"Content-Type": "text/event-stream"}, events + b"data: [DONE]\n\n"
+    )
+    primary, _ = scripted(busy)
+    backup, sent = scripted(streamed)
+    client = await mocked_gateway(tmp_path, aiohttp_client, providers, primary, backup)
+    async with client.post("/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    assert body.endswith(b"data: [DONE]\n\n") and b'"hi"' in body
+    assert len(sent) == 1
+    assert busy.connection == "closed"  # released unread: that connection is not reused
+    assert streamed.connection == "pooled"  # read to its end: the connection is kept
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [choice]}  # fmt: skip
+
+
+async def mocked_gateway(
+    tmp_path: Path, aiohttp_client: Any, providers: list[dict[str, Any]], *handlers: MockHandler
+) -> Any:
+    """A gateway whose providers' calls the ``handlers`` answer, in the providers' order."""
+    conf = {"90-p.yaml": {"plugin": "provider-proxy", "config": {"providers": providers}}}
+    config = load_config(write_conf(tmp_path / "conf.d", conf))
+    loaded = load(config)
+    assert isinstance(loaded.terminal, ProviderProxyPlugin)
+    for spec, handler in zip(providers, handlers, strict=True):
+        backend = loaded.terminal.backends[spec["name"]]
+        assert isinstance(backend, ProviderUpstream)
+        backend.transport = MockTransport(handler)
+    return await aiohttp_client(create_app(config, loaded))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import time
 from typing import Any
 
 import pytest
@@ -11,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigw.completion import StreamAssembler
-from aigw.sse import COMMENT, DONE, Event, SSEParser, encode
+from aigw.sse import COMMENT, DONE, MAX_EVENT_SIZE, Event, SSEEventTooLarge, SSEParser, encode
 
 
-def feed_all(pieces: list[bytes]) -> list[Event]:
+def feed_all(pieces: list[bytes], max_event_size: int = MAX_EVENT_SIZE) -> list[Event]:
     """Feed ``pieces`` in turn to one parser and collect every event."""
-    parser = SSEParser()
+    parser = SSEParser(max_event_size=max_event_size)
     events: list[Event] = []
     for piece in pieces:
         events.extend(parser.feed(piece))
@@ -64,6 +66,17 @@ def test_pending_cr_only_swallows_one_lf() -> None:
 
 def test_empty_feed_between_cr_and_lf() -> None:
     assert feed_all([b"data: a\r", b"", b"\ndata: b\n\n"]) == [Event(b"a\nb")]
+
+
+def test_line_end_split_from_a_line_begun_in_earlier_reads() -> None:
+    # The line is kept across reads; its CR ends one read and its LF begins the next.
+    parser = SSEParser()
+    assert parser.feed(b"da") == []
+    assert parser.feed(b"ta: a") == []
+    assert parser.feed(b"b\r") == []
+    assert parser.feed(b"\ndata: c") == []
+    assert parser.feed(b"d\r") == []
+    assert parser.feed(b"\r") == [Event(b"ab\ncd")]
 
 
 # --------------------------------------------------------------------------- fields
@@ -204,6 +217,125 @@ def test_any_split_gives_the_same_events(
         cuts += data.draw(st.lists(st.sampled_from(after_cr)))
     assert feed_all([raw]) == expected
     assert feed_all(split_at(raw, cuts)) == expected
+
+
+def largest_event(raw: bytes) -> int:
+    """The size :class:`SSEParser` bounds: the largest run of lines between blank lines,
+    counting each line end as one byte; a comment before the event's first data line is an
+    event of its own, counted alone."""
+    size = largest = 0
+    data = False
+    for line in re.split(rb"\r\n|\r|\n", raw):
+        if not line:
+            size, data = 0, False
+        elif line.startswith(b":") and not data:
+            largest = max(largest, len(line) + 1)
+        else:
+            size += len(line) + 1
+            data = data or line.split(b":", 1)[0] == b"data"
+            largest = max(largest, size)
+    return largest
+
+
+@settings(max_examples=150, deadline=None)
+@given(sse_streams())
+def test_every_two_piece_split_gives_the_same_events_and_the_same_bound(
+    stream: tuple[bytes, list[Event]],
+) -> None:
+    raw, expected = stream
+    largest = largest_event(raw)
+    for cut in range(len(raw) + 1):
+        pieces = [raw[:cut], raw[cut:]]
+        assert feed_all(pieces, max_event_size=max(1, largest)) == expected
+        if largest > 1:
+            # One byte less is too little, wherever the stream was split.
+            with pytest.raises(SSEEventTooLarge):
+                feed_all(pieces, max_event_size=largest - 1)
+
+
+# --------------------------------------------------------------------------- size bound
+
+
+def test_a_line_past_the_bound_raises_before_it_ends() -> None:
+    parser = SSEParser(max_event_size=100)
+    assert parser.feed(b"data: " + b"x" * 90) == []
+    with pytest.raises(SSEEventTooLarge, match="larger than 100 bytes") as info:
+        parser.feed(b"x" * 5)
+    assert isinstance(info.value, ValueError)
+    assert info.value.limit == 100
+
+
+@pytest.mark.parametrize(
+    ("line", "events"),
+    [
+        (b"data: " + b"x" * 95, [Event(b"x" * 95)]),
+        (b": " + b"c" * 99, [Event(b": " + b"c" * 99, COMMENT)]),
+        (b"event: " + b"e" * 94, []),
+    ],
+    ids=["data", "comment", "event"],
+)
+def test_a_whole_line_past_the_bound_in_one_read_raises(line: bytes, events: list[Event]) -> None:
+    assert len(line) == 101  # with its line end: 102 bytes
+    with pytest.raises(SSEEventTooLarge):
+        SSEParser(max_event_size=101).feed(line + b"\n\n")
+    assert SSEParser(max_event_size=102).feed(line + b"\n\n") == events  # at the bound
+
+
+def test_many_short_lines_past_the_bound_raise() -> None:
+    line = b"data: " + b"x" * 9 + b"\n"  # 16 bytes
+    parser = SSEParser(max_event_size=160)
+    assert parser.feed(line * 10) == []  # 160 bytes: at the bound
+    with pytest.raises(SSEEventTooLarge):
+        parser.feed(b"d")  # the next line has begun
+
+
+def test_the_bound_is_per_event_not_per_stream() -> None:
+    event = b"data: " + b"x" * 9 + b"\n" + b"data: " + b"y" * 9 + b"\n\n"  # 32 bytes
+    parser = SSEParser(max_event_size=32)
+    events: list[Event] = []
+    for _ in range(50):
+        for piece in (event[:7], event[7:20], event[20:]):
+            events.extend(parser.feed(piece))
+    assert events == [Event(b"x" * 9 + b"\n" + b"y" * 9)] * 50
+
+
+def test_an_endless_line_is_cut_off_after_the_bound_and_one_read() -> None:
+    limit, read = 1 << 20, 64 << 10
+    parser = SSEParser(max_event_size=limit)
+    fed = 0
+    with pytest.raises(SSEEventTooLarge):
+        while fed < 100 * limit:
+            parser.feed(b"data: " if fed == 0 else b"x" * read)
+            fed += read
+    assert fed <= limit + read
+
+
+def test_the_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        SSEParser(max_event_size=0)
+
+
+def test_a_long_line_costs_no_more_than_as_many_bytes_of_small_events() -> None:
+    """Each read is scanned once: a 4 MiB line in 1 KiB reads (quadratic when every read
+    re-scanned the buffer: thousands of times slower) is cheaper than 4 MiB of ordinary
+    events, whose per-line work it lacks."""
+    size, read = 4 << 20, 1 << 10
+    line = b"data: " + b"x" * size + b"\n\n"
+    small = encode({"choices": [{"delta": {"content": "token"}}]})
+    events = small * (len(line) // len(small))
+
+    def cpu_seconds(stream: bytes) -> float:
+        pieces = [stream[i : i + read] for i in range(0, len(stream), read)]
+        best = float("inf")
+        for _ in range(3):
+            parser = SSEParser(max_event_size=2 * size)
+            start = time.process_time()
+            for piece in pieces:
+                parser.feed(piece)
+            best = min(best, time.process_time() - start)
+        return best
+
+    assert cpu_seconds(line) < cpu_seconds(events)
 
 
 # --------------------------------------------------------------------------- assembler
@@ -389,3 +521,19 @@ def test_head_comes_from_the_chunks() -> None:
     out = asm.result()
     assert {k: out[k] for k in head} == head
     assert out["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3, 4])
+def test_a_byte_order_mark_opening_the_stream_is_ignored(cut: int) -> None:
+    raw = b"\xef\xbb\xbfdata: 1\n\ndata: 2\n\n"
+    assert feed_all([raw[:cut], raw[cut:]]) == [Event(b"1"), Event(b"2")]
+    # Only the stream's first bytes: one later is part of a line.
+    assert feed_all([b"data: 1\n\n", b"\xef\xbb\xbfdata: 2\n\n"]) == [Event(b"1")]
+
+
+def test_keep_alive_comments_between_events_do_not_add_up_to_an_event() -> None:
+    pings = b": ping\n" * 1000  # no blank lines between them: each is passed on alone
+    events = feed_all([pings, b"data: 1\n\n"], max_event_size=1024)
+    assert events[:-1] == [Event(b": ping", COMMENT)] * 1000 and events[-1] == Event(b"1")
+    with pytest.raises(SSEEventTooLarge):  # one comment is still bounded
+        feed_all([b":" + b"x" * 2000 + b"\n"], max_event_size=1024)

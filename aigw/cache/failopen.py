@@ -6,20 +6,27 @@ import logging
 import time
 from collections import Counter
 
+from aigw.counters import Counters
+
 
 class FailureLog:
-    """Counts failures by kind; logs a warning per kind at most once every ``interval_s``."""
+    """Counts failures in the gateway's counters (``<source>``, ``<kind>_failure``: a lookup
+    that failed is ``lookup_failure``) and logs a warning per kind at most once every
+    ``interval_s``, saying how many were not logged since."""
 
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, counters: Counters, source: str, interval_s: float = 10.0
+    ) -> None:
         self.log = logger
+        self.counters = counters
+        self.source = source
         self.interval_s = interval_s
-        self.counts: Counter[str] = Counter()
         self._last: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
     def failed(self, kind: str, err: BaseException | str) -> None:
         """Record one failure of ``kind``; maybe log it."""
-        self.counts[kind] += 1
+        self.counters.inc(self.source, f"{kind}_failure")
         now = time.monotonic()
         if now - self._last.get(kind, -self.interval_s) < self.interval_s:
             self._suppressed[kind] += 1

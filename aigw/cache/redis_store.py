@@ -10,6 +10,12 @@ Lookups are batched: the GETs of every request that looks up during one turn of 
 go to Redis as one ``MGET`` on the next turn. A redis-py command costs far more CPU in Python
 than Redis needs to answer it, so under load this is what keeps a Redis hit cheap; a lone
 request waits one loop turn, microseconds.
+
+Key layout: ``<key_prefix>{<scope hash>}:<exact key>`` (:func:`aigw.cache.key.scope_hash`).
+``SCAN MATCH <key_prefix>{<scope hash>}:*`` (:meth:`RedisStore.purge`) finds exactly a
+consumer's entries, walking the whole keyspace to do so (a step at a time, each within the
+timeout). The braces are a Redis Cluster hash tag (a consumer's entries would share a slot),
+but this client is not cluster-aware: Redis Cluster is not supported.
 """
 
 from __future__ import annotations
@@ -29,12 +35,16 @@ from redis.exceptions import RedisError
 
 from aigw.config import Settings
 
+from .key import scope_hash
 from .record import CacheRecord, decode, encode
 from .stores import StoreError
 
 T = TypeVar("T")
 # Keys looked up in one loop turn, each with its callers' futures.
 _Batch = dict[str, list[asyncio.Future[bytes | str | None]]]
+
+# Keys per SCAN step and per UNLINK of a purge.
+PURGE_BATCH = 500
 
 # Keys per MGET: every lookup of a batch shares its deadline, so a huge batch (or one huge value)
 # should not make a whole burst of lookups miss together.
@@ -55,9 +65,9 @@ class RedisStoreConfig(Settings):
     PEM bundle of the CAs that may sign the server's certificate (default: the system's);
     ``tls_cert_file`` + ``tls_key_file``: a client certificate, for servers that require one
     (Redis's own default, ``tls-auth-clients yes``). The server's certificate and host name are
-    always verified. ``key_prefix``: namespace for keys. ``timeout_ms``: deadline of each call.
-    ``max_connections``: pool size; with every connection busy, a call waits for one
-    (within ``timeout_ms``).
+    always verified. ``key_prefix``: namespace for keys (``<key_prefix>{<scope hash>}:<key>``).
+    ``timeout_ms``: deadline of each call. ``max_connections``: pool size; with every
+    connection busy, a call waits for one (within ``timeout_ms``).
     """
 
     type: Literal["redis"] = "redis"
@@ -138,7 +148,7 @@ class RedisStore:
                 host=config.host, port=config.port, connection_class=connection_class, **common
             )
         self.client = redis.Redis(connection_pool=pool)
-        self._batch: _Batch | None = None  # keys with their prefix
+        self._batch: _Batch | None = None  # Redis keys (see _key)
         self._inflight: set[asyncio.Task[None]] = set()
         # Parsed records of recently read values, oldest first (see _decode).
         self._parsed: dict[bytes, CacheRecord] = {}
@@ -155,7 +165,11 @@ class RedisStore:
         except (RedisError, OSError) as err:
             raise StoreError(f"redis {what}: {err}") from None
 
-    async def get(self, key: str) -> CacheRecord | None:
+    def _key(self, scope: str, key: str) -> str:
+        """The Redis key of ``key`` in ``scope``."""
+        return f"{self.prefix}{{{scope_hash(scope)}}}:{key}"
+
+    async def get(self, scope: str, key: str) -> CacheRecord | None:
         loop = asyncio.get_running_loop()
         batch = self._batch
         if batch is None or len(batch) >= MAX_BATCH:
@@ -166,7 +180,7 @@ class RedisStore:
         # One future per caller, not per key: a caller that gives up (its client hung up)
         # cancels its own future only.
         future: asyncio.Future[bytes | str | None] = loop.create_future()
-        batch.setdefault(self.prefix + key, []).append(future)
+        batch.setdefault(self._key(scope, key), []).append(future)
         value = await future
         if value is None:
             return None
@@ -222,10 +236,26 @@ class RedisStore:
 
     async def set(self, record: CacheRecord) -> None:
         value = encode(record)
-        await self._run("SET", self.client.set(self.prefix + record.key, value, ex=record.ttl))
+        redis_key = self._key(record.scope, record.key)
+        await self._run("SET", self.client.set(redis_key, value, ex=record.ttl))
 
-    async def delete(self, key: str) -> None:
-        await self._run("DEL", self.client.delete(self.prefix + key))
+    async def delete(self, scope: str, key: str) -> None:
+        await self._run("DEL", self.client.delete(self._key(scope, key)))
+
+    async def purge(self, scope: str) -> int:
+        """``SCAN`` for the scope's keys and ``UNLINK`` them a batch at a time (each call
+        within ``timeout_ms``; a failure raises :class:`StoreError` with what was removed so
+        far left removed). Entries written meanwhile may survive it."""
+        match = _glob_escape(self._key(scope, "")) + "*"
+        removed, cursor = 0, 0
+        while True:
+            cursor, keys = await self._run(
+                "SCAN", self.client.scan(cursor, match=match, count=PURGE_BATCH)
+            )
+            if keys:
+                removed += await self._run("UNLINK", self.client.unlink(*keys))
+            if cursor == 0:
+                return removed
 
     async def ping(self) -> None:
         await self._run("PING", self.client.ping())
@@ -235,6 +265,11 @@ class RedisStore:
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         await self.client.aclose(close_connection_pool=True)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis ``MATCH`` pattern (a prefix may hold ``*``)."""
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
 def _fail(batch: _Batch, message: str) -> None:

@@ -1,6 +1,11 @@
 """Exact-cache stores: the :class:`ExactStore` protocol and the bounded in-memory store.
 
-A store maps a key to a :class:`~aigw.cache.record.CacheRecord` for the record's TTL. It raises
+A store maps a key to a :class:`~aigw.cache.record.CacheRecord` for the record's TTL, and knows
+each entry's scope, so that one consumer's entries can be purged without touching anyone
+else's (:meth:`ExactStore.purge`: what an admin purge calls; in memory from a per-scope index,
+in Redis by a ``SCAN`` whose cost grows with the whole database;
+:meth:`ExactStore.delete` forgets one entry). Keys are exact keys, which already differ
+between scopes (:mod:`aigw.cache.key`): the scope is what groups them. A store raises
 :class:`StoreError` when the backend fails and :class:`~aigw.cache.record.InvalidRecord` when
 what it holds is not a record; the cache plugin turns both into a miss (fail open). The memory
 store keeps each record serialised until its first hit and as an object from then on, so
@@ -26,19 +31,23 @@ class StoreError(Exception):
 
 
 class ExactStore(Protocol):
-    """Key → record with a TTL; async so that networked stores fit."""
+    """(scope, key) → record with a TTL; async so that networked stores fit."""
 
     #: True when calls never wait for I/O, so the cache writes inline instead of in a task.
     local: bool
 
-    async def get(self, key: str) -> CacheRecord | None:
-        """The record, or ``None`` when absent or expired."""
+    async def get(self, scope: str, key: str) -> CacheRecord | None:
+        """The record of ``key`` in ``scope``, or ``None`` when absent or expired."""
 
     async def set(self, record: CacheRecord) -> None:
-        """Store ``record`` under ``record.key`` for ``record.ttl`` seconds."""
+        """Store ``record`` under ``record.key`` in ``record.scope`` for ``record.ttl``
+        seconds."""
 
-    async def delete(self, key: str) -> None:
-        """Forget ``key``."""
+    async def delete(self, scope: str, key: str) -> None:
+        """Forget ``key`` in ``scope``."""
+
+    async def purge(self, scope: str) -> int:
+        """Forget every entry of ``scope``; how many there were."""
 
     async def ping(self) -> None:
         """Raise if the backend is unreachable."""
@@ -73,6 +82,10 @@ class MemoryStore:
     loads run side by side (benchmarks/paired.py) found no difference between the two (within
     1.5%): holding bytes costs nothing there and helped here. A record that fails to decode
     is dropped and raises :class:`~aigw.cache.record.InvalidRecord`.
+
+    Each scope's keys are indexed (a set per scope with entries, each key in one set), so a
+    purge visits only that scope's entries; the index is bounded by ``max_entries`` like the
+    entries themselves. Keys are exact keys, unique across scopes, so a lookup needs no scope.
     """
 
     local = True
@@ -80,15 +93,17 @@ class MemoryStore:
     def __init__(self, config: MemoryStoreConfig) -> None:
         self.max_entries = config.max_entries
         self.max_bytes = config.max_bytes
-        # key -> (expiry on the monotonic clock, serialised size, the record or its bytes)
-        self._data: OrderedDict[str, tuple[float, int, CacheRecord | bytes]] = OrderedDict()
+        # key -> (expiry on the monotonic clock, serialised size, the record or its bytes, scope)
+        self._data: OrderedDict[str, tuple[float, int, CacheRecord | bytes, str]] = OrderedDict()
+        self._scopes: dict[str, set[str]] = {}  # scope -> its keys in _data
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)
 
-    async def get(self, key: str) -> CacheRecord | None:
-        return self.peek(key)
+    async def get(self, scope: str, key: str) -> CacheRecord | None:
+        record = self.peek(key)
+        return record if record is not None and record.scope == scope else None
 
     def peek(self, key: str) -> CacheRecord | None:
         """:meth:`get` without a coroutine: the exact cache calls it directly, which made a
@@ -96,7 +111,7 @@ class MemoryStore:
         item = self._data.get(key)
         if item is None:
             return None
-        expires, size, value = item
+        expires, size, value, scope = item
         if expires <= time.monotonic():
             self._drop(key)
             return None
@@ -108,34 +123,50 @@ class MemoryStore:
         except InvalidRecord:
             self._drop(key)
             raise
-        self._data[key] = (expires, size, record)  # keeps its place, last
+        self._data[key] = (expires, size, record, scope)  # keeps its place, last
         return record
 
     async def set(self, record: CacheRecord) -> None:
-        key, data = record.key, self._data
-        old = data.pop(key, None)  # even when the new value is not kept: the old one is stale
-        if old is not None:
-            self.bytes -= old[1]
+        key, scope = record.key, record.scope
+        self._drop(key)  # even when the new value is not kept: the old one is stale
         raw = encode(record)
         size = len(raw)  # what it weighs in Redis too
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for
-        data[key] = (time.monotonic() + record.ttl, size, raw)
+        data = self._data
+        data[key] = (time.monotonic() + record.ttl, size, raw, scope)
         self.bytes += size
+        keys = self._scopes.get(scope)
+        if keys is None:
+            keys = self._scopes[scope] = set()
+        keys.add(key)
         while len(data) > self.max_entries or self.bytes > self.max_bytes:
-            self.bytes -= data.popitem(last=False)[1][1]  # the least recently used
+            self._drop(next(iter(data)))  # the least recently used
 
-    async def delete(self, key: str) -> None:
-        self._drop(key)
+    async def delete(self, scope: str, key: str) -> None:
+        if key in self._scopes.get(scope, ()):
+            self._drop(key)
+
+    async def purge(self, scope: str) -> int:
+        keys = list(self._scopes.get(scope, ()))  # a copy: _drop empties the set
+        for key in keys:
+            self._drop(key)
+        return len(keys)
 
     def _drop(self, key: str) -> None:
         item = self._data.pop(key, None)
         if item is not None:
             self.bytes -= item[1]
+            scope = item[3]
+            keys = self._scopes[scope]
+            keys.discard(key)
+            if not keys:
+                del self._scopes[scope]
 
     async def ping(self) -> None:
         return None
 
     async def aclose(self) -> None:
         self._data.clear()
+        self._scopes.clear()
         self.bytes = 0

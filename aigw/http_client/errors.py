@@ -20,4 +20,12 @@ class ReadTimeout(HTTPClientError, TimeoutError):
 
 
 class ResponseError(HTTPClientError):
-    """The connection closed before the answer was whole, or the answer was not HTTP/1.x."""
+    """The connection closed before the answer was whole, or the answer was malformed,
+    ambiguous or over a limit (see :mod:`aigw.http_client`); its connection is closed. The
+    request was sent: the upstream may have processed it."""
+
+
+class StaleConnection(ResponseError):
+    """A pooled connection, reused for the request, closed before the answer's first byte:
+    the upstream had closed it while it was idle (the race every keep-alive pool has), so it
+    did not process the request, which can be sent again on a new connection."""

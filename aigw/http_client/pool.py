@@ -28,6 +28,8 @@ _DEFAULT_HEADERS: Final = (
 _FRAMING: Final = frozenset({"content-length", "transfer-encoding"})  # the client's own
 _DNS_TTL_S: Final = 300.0  # how long resolved addresses are reused (aiohttp's was set so too)
 _HAPPY_EYEBALLS_DELAY_S: Final = 0.25  # RFC 8305's: the next address is tried after this
+# The default limits of an answer's body: generous for an LLM's.
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 
 _ssl_context: ssl.SSLContext | None = None
 # What getaddrinfo returns: family, type, protocol, canonical name, address.
@@ -52,9 +54,25 @@ class HTTPClient:
         self.keepalive_s = keepalive_s
         self._origins: list[Origin] = []
 
-    def origin(self, url: str, connect_timeout_s: float, read_timeout_s: float) -> Origin:
-        """A pool for the scheme, host and port of ``url`` (its path is the caller's)."""
-        origin = Origin(url, connect_timeout_s, read_timeout_s, self.keepalive_s)
+    def origin(
+        self,
+        url: str,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> Origin:
+        """A pool for the scheme, host and port of ``url`` (its path is the caller's), with the
+        limits of :class:`Origin`."""
+        origin = Origin(
+            url,
+            connect_timeout_s,
+            read_timeout_s,
+            self.keepalive_s,
+            max_body_bytes=max_body_bytes,
+            max_decoded_bytes=max_decoded_bytes,
+        )
         self._origins.append(origin)
         return origin
 
@@ -68,10 +86,21 @@ class Origin:
     """The pool of connections to one ``scheme://host:port``, with its timeouts.
 
     :meth:`post` sends a request and returns the :class:`Response` once its head arrived.
+    ``max_body_bytes``: the most body bytes an answer may have waiting unread, which for
+    ``read()`` is the whole body (as decoded); ``max_decoded_bytes``: the most a gzip or
+    deflate body may decode to, read whole or streamed. Past either the answer fails with
+    :class:`ResponseError` and its connection is closed.
     """
 
     def __init__(
-        self, url: str, connect_timeout_s: float, read_timeout_s: float, keepalive_s: float
+        self,
+        url: str,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        keepalive_s: float,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -94,6 +123,8 @@ class Origin:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.keepalive_s = keepalive_s
+        self.max_body_bytes = max_body_bytes
+        self.max_decoded_bytes = max_decoded_bytes
         self._idle: collections.deque[Connection] = collections.deque()
         self._all: set[Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 
 from aigw import hookimpl
@@ -169,13 +168,14 @@ class ProviderProxyPlugin:
             raise UpstreamError(f"upstream {target.provider} answered {resp.status}")
         out_headers = downstream_headers(resp.headers)
         if ctx.stream and resp.status == 200 and resp.content_type == SSE_CT:
-            events = relay_stream(ctx, resp.content.iter_any(), target.provider)
+            limit = backend.cfg.max_event_bytes
+            events = relay_stream(ctx, resp.content.iter_any(), target.provider, limit)
             return Reply(stream=Relay(events, resp), content_type=SSE_CT, headers=out_headers)
         try:
             raw = await resp.read()
-        except TimeoutError as e:  # aiohttp's ServerTimeoutError is one too
+        except TimeoutError as e:  # ReadTimeout
             raise UpstreamTimeout(f"upstream {target.provider} stalled mid-answer") from e
-        except (HTTPClientError, aiohttp.ClientError) as e:
+        except HTTPClientError as e:
             raise UpstreamError(f"upstream {target.provider} broke the response: {e!r}") from e
         finally:
             resp.release()

@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from aigw.config import Settings
+from aigw.http_client import DEFAULT_MAX_BODY_BYTES
+from aigw.sse import MAX_EVENT_SIZE
 
 ProviderType = Literal["openai", "azure", "dashscope", "mock"]
 
@@ -44,6 +46,9 @@ class ProviderConfig(Settings):
     errors, 429 and 5xx, with exponential backoff from ``retry_backoff_s``. ``proxy``: the
     ``http://[user:password@]host:port`` proxy its requests go through; unset, the environment's
     ``HTTPS_PROXY``/``HTTP_PROXY`` (and ``NO_PROXY``) decide; empty, none (see ``egress.py``).
+    ``max_response_bytes``: the largest answer body (as decoded from gzip/deflate) read whole
+    or waiting unread, 64 MiB by default; ``max_event_bytes``: the largest SSE event of a
+    stream, 8 MiB by default. An answer past either is a 502 (mid-stream: an error event).
     """
 
     name: str = Field(min_length=1)
@@ -58,6 +63,8 @@ class ProviderConfig(Settings):
     headers: dict[str, str] = Field(default_factory=dict)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(120.0, gt=0)
+    max_response_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1024)
+    max_event_bytes: int = Field(MAX_EVENT_SIZE, ge=1024)
     max_retries: int = Field(2, ge=0, le=10)
     retry_backoff_s: float = Field(0.2, ge=0)
     proxy: str | None = None

@@ -13,23 +13,27 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from aigw.completion import StreamAssembler
 from aigw.context import RequestContext
 from aigw.errors import UpstreamError, UpstreamTimeout, error_body
 from aigw.http_client import HTTPClientError
-from aigw.sse import COMMENT, DONE, SSEParser
-
-from .upstream import UpstreamResponse
+from aigw.sse import COMMENT, DONE, MAX_EVENT_SIZE, SSEEventTooLarge, SSEParser
+from aigw.transport import UpstreamResponse
 
 
 async def relay_stream(
-    ctx: RequestContext, source: AsyncIterator[bytes], provider: str
+    ctx: RequestContext,
+    source: AsyncIterator[bytes],
+    provider: str,
+    max_event_size: int = MAX_EVENT_SIZE,
 ) -> AsyncGenerator[bytes, None]:
-    """Yield one SSE event at a time from ``source``; set ``ctx.usage``/``ctx.completion``."""
-    parser = SSEParser()
+    """Yield one SSE event at a time from ``source``; set ``ctx.usage``/``ctx.completion``.
+
+    An event larger than ``max_event_size`` bytes ends the stream with an ``UpstreamError``.
+    """
+    parser = SSEParser(max_event_size=max_event_size)
     assembler = StreamAssembler() if ctx.api == "chat.completions" else None
     try:
         async for raw in source:
@@ -63,7 +67,11 @@ async def relay_stream(
                 yield _event(data)
     except TimeoutError as err:
         raise UpstreamTimeout(f"upstream {provider} stalled mid-stream") from err
-    except (HTTPClientError, aiohttp.ClientError) as err:
+    except SSEEventTooLarge as err:
+        raise UpstreamError(
+            f"upstream {provider} sent an SSE event larger than {err.limit} bytes"
+        ) from err
+    except HTTPClientError as err:
         raise UpstreamError(f"upstream {provider} broke the stream: {err!r}") from err
     raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
 

@@ -1,14 +1,17 @@
 """Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts,
 and the egress proxy (:mod:`.egress`).
 
-Calls go through the gateway's lean client (:mod:`aigw.http_client`), which costs a fraction
-of aiohttp's CPU per call; a provider reached through an egress proxy uses the aiohttp session,
-which does the proxy's ``CONNECT`` tunnels and credentials.
+Calls go through one :class:`~aigw.transport.Transport`, picked at start-up: the gateway's
+lean pooled client (:mod:`aigw.http_client`), which costs a fraction of aiohttp's CPU per call,
+or, for a provider reached through an egress proxy, aiohttp's session, which does the proxy's
+``CONNECT`` tunnels and credentials. Both fail with :mod:`aigw.http_client`'s errors.
 
-Retries happen only here, before anything reached the client: on connection errors and
-connect timeouts, on 429 (unless ``Retry-After`` asks for more than a few seconds), on 5xx, and
-on 401/403 when another API key is configured, with exponential backoff, moving to the next API
-key each time. Any other 4xx is the client's problem and is returned at once.
+Retries happen only here, before anything reached the client, and only where the upstream cannot
+have processed the request: on connection errors, connect timeouts and a kept-alive connection the
+upstream had closed (:class:`~aigw.http_client.StaleConnection`), on 429 (unless ``Retry-After``
+asks for more than a few seconds), on 5xx, and on 401/403 when another API key is configured, with
+exponential backoff, moving to the next API key each time. Any other 4xx is the client's problem and
+is returned at once.
 """
 
 from __future__ import annotations
@@ -16,14 +19,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from urllib.parse import quote, urlsplit
-
-import aiohttp
+from urllib.parse import quote
 
 from aigw.context import Api
 from aigw.errors import UpstreamError, UpstreamTimeout
 from aigw.gateway import Gateway
-from aigw.http_client import ConnectTimeout, HTTPClientError, Origin, ReadTimeout, Response
+from aigw.http_client import (
+    ConnectError,
+    ConnectTimeout,
+    HTTPClientError,
+    ReadTimeout,
+    StaleConnection,
+)
+from aigw.transport import (
+    PooledTransport,
+    ProxyTransport,
+    Transport,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 
 from .config import ProviderConfig
 from .egress import egress_proxy
@@ -35,14 +49,17 @@ _PATHS: dict[Api, str] = {
     "completions": "/completions",
     "embeddings": "/embeddings",
 }
-#: An upstream's answer, from either client: the same attributes are used of both.
-UpstreamResponse = Response | aiohttp.ClientResponse
 # Retry-After above this is not waited for: the client (or a fallback) gets the 429 now.
 _MAX_RETRY_AFTER_S = 2.0
 
 
 class Upstream:
-    """An HTTP upstream built from a :class:`ProviderConfig` (any type but ``mock``)."""
+    """An HTTP upstream built from a :class:`ProviderConfig` (any type but ``mock``).
+
+    :attr:`transport` carries its requests. :meth:`start` picks it unless one was set before
+    (a test's :class:`~aigw.transport.MockTransport`); a wrapper (tracing) may replace it
+    after start-up with one that calls the original.
+    """
 
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
@@ -53,31 +70,31 @@ class Upstream:
             for key in cfg.keys or [""]
         ]
         self._turn = itertools.count()  # spreads requests over the keys
-        parts = urlsplit(cfg.url)
-        self._origin_len = len(f"{parts.scheme}://{parts.netloc}")  # url()[this:]: the target
-        self._session: aiohttp.ClientSession | None = None
-        self._origin: Origin | None = None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
-        )
-        #: The HTTP proxy requests leave through (its credentials are in headers, not here).
-        self.proxy, proxy_auth = egress_proxy(cfg.proxy, cfg.url)
-        self._proxy_headers: dict[str, str] | None = None
-        if proxy_auth is not None:
-            # aiohttp sends proxy_headers only on the CONNECT of an https upstream; a plain
-            # http request goes to the proxy as it is, so the credentials ride with it.
-            if cfg.url.startswith("https:"):
-                self._proxy_headers = {"Proxy-Authorization": proxy_auth}
-            else:
-                for key_headers in self._headers:
-                    key_headers["Proxy-Authorization"] = proxy_auth
+        #: The HTTP proxy requests leave through (its credentials are kept apart).
+        self.proxy, self._proxy_auth = egress_proxy(cfg.proxy, cfg.url)
+        self.transport: Transport | None = None
 
     def start(self, gateway: Gateway) -> None:
-        """Take the gateway's clients (at start-up): the lean one unless there is a proxy."""
-        self._session = gateway.session
+        """Pick the transport (at start-up): the lean client, or the session via the proxy."""
+        if self.transport is not None:
+            return
+        cfg = self.cfg
         if self.proxy is None:
-            self._origin = gateway.client.origin(
-                self.cfg.url, self.cfg.connect_timeout_s, self.cfg.read_timeout_s
+            self.transport = PooledTransport(
+                gateway.client,
+                cfg.url,
+                cfg.connect_timeout_s,
+                cfg.read_timeout_s,
+                max_body_bytes=cfg.max_response_bytes,
+            )
+        else:
+            self.transport = ProxyTransport(
+                gateway.session,
+                self.proxy,
+                self._proxy_auth,
+                cfg.connect_timeout_s,
+                cfg.read_timeout_s,
+                max_body_bytes=cfg.max_response_bytes,
             )
 
     def url(self, api: Api, model: str) -> str:
@@ -107,26 +124,33 @@ class Upstream:
         it (every key of a provider sets the same names, so each attempt replaces the last's).
         Raises :class:`UpstreamError` (unreachable) or :class:`UpstreamTimeout`.
         """
-        url = self.url(api, model)
+        transport = self.transport
+        assert transport is not None, "start() was not called"
+        request = UpstreamRequest(self.url(api, model), body, headers)
         attempts = self.cfg.max_retries + 1
         first = next(self._turn)  # each request walks the keys from its own starting point
         for attempt in range(attempts):
             last = attempt == attempts - 1
             headers.update(self._headers[(first + attempt) % len(self._headers)])
             try:
-                resp = await self._send(url, body, headers)
-            except (ConnectTimeout, aiohttp.ConnectionTimeoutError) as err:
+                resp = await transport.send(request)
+            except ConnectTimeout as err:
                 if not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")
                     continue
                 raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
-            except (ReadTimeout, aiohttp.ServerTimeoutError) as err:
+            except ReadTimeout as err:
                 raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
-            except (HTTPClientError, aiohttp.ClientError) as err:
+            except (ConnectError, StaleConnection) as err:
+                # The upstream cannot have processed the request: it never reached it.
                 if last:
                     raise UpstreamError(f"upstream {self.name} is unreachable: {err}") from err
                 await self._backoff(attempt, None, f"connection error: {err}")
                 continue
+            except HTTPClientError as err:
+                # The request was sent and the answer broke: the upstream may have processed
+                # (and billed) it, so it is not sent again.
+                raise UpstreamError(f"upstream {self.name} broke the answer: {err}") from err
             if last or not self._retryable(resp):
                 return resp
             retry_after = _retry_after(resp)
@@ -135,19 +159,6 @@ class Upstream:
             resp.release()
             await self._backoff(attempt, retry_after, f"status {resp.status}")
         raise AssertionError("unreachable")  # the last attempt always returns or raises
-
-    async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
-        if self._origin is not None:
-            return await self._origin.post(url[self._origin_len :], body, headers)
-        assert self._session is not None, "start() was not called"
-        return await self._session.post(
-            url,
-            data=body,
-            headers=headers,
-            timeout=self._timeout,
-            proxy=self.proxy,
-            proxy_headers=self._proxy_headers,
-        )
 
     def _retryable(self, resp: UpstreamResponse) -> bool:
         if resp.status in (401, 403):

@@ -1,9 +1,11 @@
-"""``aigw.cache.key``: the exact-cache key recipe, its strategies and ``get_path``."""
+"""``aigw.cache.key``: the cache key recipe (partition and question), its strategies,
+``get_path`` and ``scope_hash``."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import random
 import re
 from typing import Any
@@ -14,7 +16,15 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from aigw.cache.key import DEFAULT_KEY_FROM, Strategy, exact_key, get_path
+from aigw.cache.key import (
+    DEFAULT_KEY_FROM,
+    KEY_VERSION,
+    CacheKey,
+    Strategy,
+    cache_key,
+    get_path,
+    scope_hash,
+)
 from aigw.context import RequestContext, Target
 
 FAST = settings(max_examples=100, deadline=None)
@@ -45,14 +55,26 @@ def make_ctx(
     )
 
 
-def key_of(
+def parts_of(
     payload: dict[str, Any],
     scope: str = SCOPE,
     strategy: Strategy = "conversation",
     key_from: str = DEFAULT_KEY_FROM,
     **ctx: Any,
-) -> str | None:
-    return exact_key(make_ctx(payload, **ctx), scope, strategy, key_from)
+) -> CacheKey | None:
+    return cache_key(make_ctx(payload, **ctx), scope, strategy, key_from)
+
+
+def key_of(payload: dict[str, Any], **kw: Any) -> str | None:
+    """The exact key (``None``: nothing to key on)."""
+    key = parts_of(payload, **kw)
+    return key.exact if key is not None else None
+
+
+def partition_of(payload: dict[str, Any], **kw: Any) -> str:
+    key = parts_of(payload, **kw)
+    assert key is not None
+    return key.partition
 
 
 def chat(*turns: tuple[str, str], **params: Any) -> dict[str, Any]:
@@ -315,6 +337,25 @@ def test_every_generation_parameter_splits_the_key(
     assert before != after
 
 
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ({"temperature": 1}, {"temperature": 1.0}),
+        ({"max_tokens": 100}, {"max_tokens": 100.0}),
+        ({"seed": 0}, {"seed": -0.0}),
+        ({"top_p": 1}, {"top_p": 1.0}),
+    ],
+)
+def test_equal_numbers_share_a_key(one: dict[str, Any], other: dict[str, Any]) -> None:
+    assert orjson.dumps(one) != orjson.dumps(other)
+    assert key_of(chat(("user", "hi"), **one)) == key_of(chat(("user", "hi"), **other))
+
+
+def test_numbers_that_differ_do_not_share_a_key() -> None:
+    keys = {key_of(chat(("user", "hi"), temperature=t)) for t in (1, 1.5, 0.1, 2**53 + 0.0, 2**60)}
+    assert len(keys) == 5
+
+
 # --------------------------------------------------------------------------- (c) not keyed
 
 
@@ -349,15 +390,19 @@ def test_transport_fields_together_do_not_change_the_key() -> None:
 # --------------------------------------------------------------------------- strategies
 
 
-def test_last_question_shares_a_key_across_histories() -> None:
+def test_last_question_keeps_the_earlier_turns_in_the_partition() -> None:
+    # Unlike Higress, "2+2?" after two different conversations is not one entry: the earlier
+    # turns and the system prompt are the context, in the partition.
     a = chat(("system", "be brief"), ("user", "hello"), ("assistant", "hi!"), ("user", "2+2?"))
     b = chat(("user", "something else"), ("assistant", "ok"), ("user", "2+2?"))
     c = chat(("user", "2+2?"))
-    keys = {key_of(p, strategy="lastQuestion") for p in (a, b, c)}
-    assert len(keys) == 1
-    assert None not in keys
-    # the conversation strategy tells them apart
-    assert len({key_of(p) for p in (a, b, c)}) == 3
+    keys = [parts_of(p, strategy="lastQuestion") for p in (a, b, c)]
+    assert all(k is not None and k.question == "2+2?" for k in keys)
+    assert len({k.exact for k in keys if k}) == 3 and len({k.partition for k in keys if k}) == 3
+    # the same conversation with another last message's role: the same question and key
+    d = chat(("system", "be brief"), ("user", "hello"), ("assistant", "hi!"), ("assistant", "2+2?"))
+    assert key_of(d, strategy="lastQuestion") == key_of(a, strategy="lastQuestion")
+    assert key_of(d) != key_of(a)  # the conversation strategy keys the role too
 
 
 def test_last_question_differs_for_a_different_last_message() -> None:
@@ -367,10 +412,9 @@ def test_last_question_differs_for_a_different_last_message() -> None:
 
 
 def test_last_question_is_still_split_by_target_params_and_scope() -> None:
-    a = chat(("user", "earlier"), ("user", "2+2?"))
     b = chat(("user", "2+2?"))
-    base = key_of(a, strategy="lastQuestion")
-    assert key_of(b, strategy="lastQuestion") == base
+    base = key_of(b, strategy="lastQuestion")
+    assert key_of(copy.deepcopy(b), strategy="lastQuestion") == base
     assert key_of(b, strategy="lastQuestion", model="gpt-4o") != base
     assert key_of(b, strategy="lastQuestion", provider="other") != base
     assert key_of({**b, "temperature": 0.5}, strategy="lastQuestion") != base
@@ -379,18 +423,21 @@ def test_last_question_is_still_split_by_target_params_and_scope() -> None:
 
 
 def test_last_question_with_a_custom_path() -> None:
+    # The question is what the path picks; the context is still every turn before the last.
     a = chat(("user", "first"), ("assistant", "x"), ("user", "later one"))
-    b = chat(("user", "first"), ("user", "something different"))
-    c = chat(("user", "other first"), ("user", "later one"))
+    b = chat(("user", "first"), ("assistant", "x"), ("user", "something different"))
+    c = chat(("user", "other first"), ("assistant", "x"), ("user", "later one"))
     path = "messages.0.content"
-    assert key_of(a, strategy="lastQuestion", key_from=path) == key_of(
-        b, strategy="lastQuestion", key_from=path
+    first = parts_of(a, strategy="lastQuestion", key_from=path)
+    assert first is not None and first.question == "first"
+    assert key_of(b, strategy="lastQuestion", key_from=path) == first.exact
+    assert key_of(c, strategy="lastQuestion", key_from=path) != first.exact
+    # with the default path, a and b differ in their question instead
+    assert key_of(a, strategy="lastQuestion") != key_of(b, strategy="lastQuestion")
+    # the path is keyed: two paths picking the same text are two entries
+    assert key_of(a, strategy="lastQuestion", key_from="messages.2.content") != key_of(
+        a, strategy="lastQuestion"
     )
-    assert key_of(a, strategy="lastQuestion", key_from=path) != key_of(
-        c, strategy="lastQuestion", key_from=path
-    )
-    # with the default path a and c share the last message instead
-    assert key_of(a, strategy="lastQuestion") == key_of(c, strategy="lastQuestion")
 
 
 def test_strategies_do_not_share_keys() -> None:
@@ -457,6 +504,113 @@ def test_nothing_to_key_on_gives_none(
     payload: dict[str, Any], strategy: Strategy, key_from: str
 ) -> None:
     assert key_of(payload, strategy=strategy, key_from=key_from) is None
+
+
+# --------------------------------------------------------------------------- partition, question
+
+HISTORY = (("system", "be brief"), ("user", "hello"), ("assistant", "hi!"))
+
+
+@pytest.mark.parametrize("strategy", ["conversation", "lastQuestion"])
+def test_requests_differing_only_in_the_question_share_a_partition(strategy: Strategy) -> None:
+    a = parts_of(chat(*HISTORY, ("user", "2+2?"), temperature=0), strategy=strategy)
+    b = parts_of(chat(*HISTORY, ("user", "3+3?"), temperature=0), strategy=strategy)
+    assert a is not None and b is not None
+    assert a.partition == b.partition and re.fullmatch(r"[0-9a-f]{64}", a.partition)
+    assert a.exact != b.exact and a.scope == b.scope == SCOPE
+    if strategy == "lastQuestion":
+        assert (a.question, b.question) == ("2+2?", "3+3?")
+    else:  # the last message, role and all
+        assert (a.question, b.question) == (
+            {"role": "user", "content": "2+2?"},
+            {"role": "user", "content": "3+3?"},
+        )
+
+
+BASE = chat(*HISTORY, ("user", "2+2?"), temperature=0)
+
+
+@pytest.mark.parametrize("strategy", ["conversation", "lastQuestion"])
+@pytest.mark.parametrize(
+    ("payload", "ctx"),
+    [
+        (chat(*HISTORY, ("user", "2+2?"), temperature=0.5), {}),
+        (chat(*HISTORY, ("user", "2+2?"), temperature=0, seed=1), {}),
+        (BASE, {"scope": "consumer:bob"}),
+        (BASE, {"scope": "shared"}),
+        (BASE, {"provider": "azure"}),
+        (BASE, {"model": "gpt-4o"}),
+        (BASE, {"api": "completions"}),
+        (chat(*HISTORY[:2], ("assistant", "hello!"), ("user", "2+2?"), temperature=0), {}),
+        (chat(*HISTORY[1:], ("user", "2+2?"), temperature=0), {}),
+        (chat(("system", "be long"), *HISTORY[1:], ("user", "2+2?"), temperature=0), {}),
+        (chat(("user", "2+2?"), temperature=0), {}),
+    ],
+    ids=[
+        "parameter",
+        "added-parameter",
+        "scope",
+        "shared",
+        "provider",
+        "model",
+        "api",
+        "earlier-turn",
+        "no-system-prompt",
+        "system-prompt",
+        "no-history",
+    ],
+)
+def test_a_keyed_field_or_the_context_splits_the_partition(
+    strategy: Strategy, payload: dict[str, Any], ctx: dict[str, Any]
+) -> None:
+    base = parts_of(BASE, strategy=strategy)
+    other = parts_of(payload, strategy=strategy, **ctx)
+    assert base is not None and other is not None
+    assert other.question == base.question  # only the partition differs ...
+    assert other.partition != base.partition and other.exact != base.exact  # ... and splits
+
+
+def test_the_strategy_splits_the_partition() -> None:
+    partitions = {partition_of(BASE, strategy=s) for s in STRATEGIES}
+    assert len(partitions) == 3
+
+
+def test_all_questions_has_no_context() -> None:
+    # As in Higress: the user turns are the question; assistant turns are not keyed.
+    a = parts_of(chat(("user", "q1"), ("assistant", "a1"), ("user", "q2")), strategy="allQuestions")
+    b = parts_of(chat(("user", "q1"), ("assistant", "zz"), ("user", "q3")), strategy="allQuestions")
+    assert a is not None and b is not None
+    assert a.question == ["q1", "q2"] and b.question == ["q1", "q3"]
+    assert a.partition == b.partition and a.exact != b.exact
+
+
+@FAST
+@given(
+    payload=payloads(), rnd=st.randoms(use_true_random=False), strategy=st.sampled_from(STRATEGIES)
+)
+def test_key_order_does_not_change_the_partition(
+    payload: dict[str, Any], rnd: random.Random, strategy: Strategy
+) -> None:
+    assert partition_of(reorder(payload, rnd), strategy=strategy) == partition_of(
+        payload, strategy=strategy
+    )
+
+
+def test_the_exact_key_hashes_the_partition_then_the_question() -> None:
+    key = parts_of(BASE)
+    assert key is not None
+    assert orjson.loads(key.partition_json)[:3] == [KEY_VERSION, SCOPE, "chat.completions"]
+    assert KEY_VERSION == 3  # the recipe changed: keys of version 2 are never looked up
+    assert key.partition == hashlib.sha256(key.partition_json).hexdigest()
+    question = orjson.dumps(key.question, option=orjson.OPT_SORT_KEYS)
+    assert key.exact == hashlib.sha256(key.partition_json + question).hexdigest()
+
+
+def test_scope_hash() -> None:
+    hashes = {scope_hash(s) for s in ("consumer:alice", "consumer:bob", "shared", "consumer:")}
+    assert len(hashes) == 4
+    assert all(re.fullmatch(r"[0-9a-f]{16}", h) for h in hashes)
+    assert scope_hash("consumer:alice") == hashlib.sha256(b"consumer:alice").hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- get_path

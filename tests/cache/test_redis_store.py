@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
+from redis.crc import key_slot
 
 from aigw.cache import redis_store
+from aigw.cache.key import scope_hash
 from aigw.cache.record import InvalidRecord
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.stores import StoreError
-from tests.cache.test_stores import rec
+from tests import redis_server as harness
+from tests.cache.test_stores import SCOPE, rec
 from tests.redis_server import RedisServer
 
 
@@ -19,6 +25,30 @@ def store_at(url: str, prefix: str) -> RedisStore:
     # These tests are about what is stored, read and batched, not about deadlines: on a busy
     # machine a first command (which connects) took over the 100 ms default, and failed open.
     return RedisStore(RedisStoreConfig(url=url, key_prefix=prefix, timeout_ms=5000))
+
+
+class Handoffs:
+    """Watches ``store`` hand its batches of lookups to their MGET tasks (on the loop turn
+    after a batch's first lookup, or when the store sends one itself): ``callers`` has the
+    number of lookups in the batch at each hand-off, and ``came`` is set at the first, by
+    which time every lookup task started before has joined that batch. With ``hold``, the
+    first hand-off is held back: that batch stays unsent until the store sends it itself
+    (``aclose``) or the test does (``_send_batch``)."""
+
+    def __init__(
+        self, store: RedisStore, monkeypatch: pytest.MonkeyPatch, hold: bool = False
+    ) -> None:
+        self.came = asyncio.Event()
+        self.callers: list[int] = []
+        send = store._send_batch
+
+        def handoff() -> None:
+            self.callers.append(sum(map(len, (store._batch or {}).values())))
+            if not (hold and len(self.callers) == 1):
+                send()
+            self.came.set()
+
+        monkeypatch.setattr(store, "_send_batch", handoff)
 
 
 async def command_calls(url: str) -> dict[str, int]:
@@ -38,7 +68,7 @@ async def test_lookups_in_one_loop_turn_go_as_one_mget(redis_server: RedisServer
             await store.set(rec(key, f"answer {key}"))
         before = await command_calls(redis_server.url)
         keys = ["a", "b", "c", "missing", "a", "b"] * 5  # duplicates share the batch's slot
-        found = await asyncio.gather(*(store.get(k) for k in keys))
+        found = await asyncio.gather(*(store.get(SCOPE, k) for k in keys))
         after = await command_calls(redis_server.url)
     finally:
         await store.aclose()
@@ -54,7 +84,7 @@ async def test_lookups_in_later_loop_turns_get_their_own_batch(redis_server: Red
         await store.set(rec("a"))
         before = await command_calls(redis_server.url)
         for _ in range(3):
-            assert (await store.get("a")) is not None
+            assert (await store.get(SCOPE, "a")) is not None
         after = await command_calls(redis_server.url)
     finally:
         await store.aclose()
@@ -62,17 +92,19 @@ async def test_lookups_in_later_loop_turns_get_their_own_batch(redis_server: Red
 
 
 async def test_a_cancelled_lookup_leaves_the_rest_of_its_batch_alone(
-    redis_server: RedisServer,
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_at(redis_server.url, "t:")
+    handoffs = Handoffs(store, monkeypatch)
     try:
         await store.set(rec("a"))
-        lookups = [asyncio.ensure_future(store.get("a")) for _ in range(3)]
-        await asyncio.sleep(0)  # the lookups join the batch
+        lookups = [asyncio.ensure_future(store.get(SCOPE, "a")) for _ in range(3)]
+        await handoffs.came.wait()  # the lookups joined one batch, now under way
         lookups[1].cancel()  # a client hanging up
         results = await asyncio.gather(*lookups, return_exceptions=True)
     finally:
         await store.aclose()
+    assert handoffs.callers[0] == 3
     assert isinstance(results[1], asyncio.CancelledError)
     assert [r.key for r in (results[0], results[2])] == ["a", "a"]  # type: ignore[union-attr]
 
@@ -82,9 +114,9 @@ async def test_garbage_under_one_key_fails_only_its_own_lookup(redis_server: Red
     client = redis.Redis.from_url(redis_server.url)
     try:
         await store.set(rec("good"))
-        await client.set("t:bad", b"\x00 not a record")
+        await client.set(f"t:{{{scope_hash(SCOPE)}}}:bad", b"\x00 not a record")
         good, bad = await asyncio.gather(
-            store.get("good"), store.get("bad"), return_exceptions=True
+            store.get(SCOPE, "good"), store.get(SCOPE, "bad"), return_exceptions=True
         )
     finally:
         await client.aclose()
@@ -98,7 +130,9 @@ async def test_redis_down_fails_every_lookup_of_the_batch(redis_server: RedisSer
     try:
         await store.set(rec("a"))
         redis_server.stop()
-        results = await asyncio.gather(*(store.get("a") for _ in range(4)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(store.get(SCOPE, "a") for _ in range(4)), return_exceptions=True
+        )
     finally:
         await store.aclose()
     assert len(results) == 4
@@ -106,12 +140,15 @@ async def test_redis_down_fails_every_lookup_of_the_batch(redis_server: RedisSer
 
 
 @pytest.mark.parametrize("n", [1, 50])
-async def test_shutdown_waits_for_a_batch_under_way(redis_server: RedisServer, n: int) -> None:
+async def test_shutdown_waits_for_a_batch_under_way(
+    redis_server: RedisServer, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = store_at(redis_server.url, "t:")
+    handoffs = Handoffs(store, monkeypatch)
     await store.set(rec("a"))
-    lookups = [asyncio.ensure_future(store.get("a")) for _ in range(n)]
-    await asyncio.sleep(0)  # the batch is handed to its task
-    await asyncio.sleep(0)
+    lookups = [asyncio.ensure_future(store.get(SCOPE, "a")) for _ in range(n)]
+    await handoffs.came.wait()  # the batch is handed to its task
+    assert handoffs.callers == [n] and store._inflight
     await store.aclose()
     results = await asyncio.gather(*lookups, return_exceptions=True)
     assert all(not isinstance(r, BaseException) and r is not None for r in results), results
@@ -123,15 +160,81 @@ async def test_a_value_read_again_is_parsed_once_but_always_read(
     store = store_at(redis_server.url, "t:")
     try:
         await store.set(rec("a", "first"))
-        first = await store.get("a")
-        assert first is not None and await store.get("a") is first  # the same parsed record
+        first = await store.get(SCOPE, "a")
+        assert first is not None and await store.get(SCOPE, "a") is first  # the same parsed record
         await store.set(rec("a", "second"))  # rewritten in Redis (by any instance)
-        second = await store.get("a")
+        second = await store.get(SCOPE, "a")
         assert second is not None and second is not first
         assert second.response["choices"][0]["message"]["content"] == "second"
-        await store.delete("a")
-        assert await store.get("a") is None  # gone from Redis: gone, whatever was parsed
+        await store.delete(SCOPE, "a")
+        assert await store.get(SCOPE, "a") is None  # gone from Redis: gone, whatever was parsed
     finally:
+        await store.aclose()
+
+
+ALICE, BOB = "consumer:alice", "consumer:bob"
+
+
+async def all_keys(url: str) -> set[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return set(await client.keys("*"))
+    finally:
+        await client.aclose()
+
+
+async def test_keys_carry_the_scope_as_a_cluster_hash_tag(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    try:
+        for key in ("k1", "k2"):
+            await store.set(rec(key, f"alice {key}", scope=ALICE))
+        await store.set(rec("k1", "bob k1", scope=BOB))
+        assert await all_keys(redis_server.url) == {
+            f"t:{{{scope_hash(ALICE)}}}:k1",
+            f"t:{{{scope_hash(ALICE)}}}:k2",
+            f"t:{{{scope_hash(BOB)}}}:k1",
+        }
+        alice, bob = await store.get(ALICE, "k1"), await store.get(BOB, "k1")
+        assert alice is not None and bob is not None
+        assert alice.response["choices"][0]["message"]["content"] == "alice k1"
+        assert bob.response["choices"][0]["message"]["content"] == "bob k1"
+        assert await store.get("consumer:carol", "k1") is None
+        await store.delete(BOB, "k1")
+        assert await store.get(BOB, "k1") is None and await store.get(ALICE, "k1") is not None
+    finally:
+        await store.aclose()
+    # Redis Cluster would keep one consumer's entries in one slot.
+    slots = {key_slot(k.encode()) for k in await all_keys(redis_server.url)}
+    assert len(slots) == 1
+
+
+async def test_purge_removes_one_scope_only(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_store, "PURGE_BATCH", 2)  # several SCAN steps and UNLINKs
+    prefix = "t*[?]:"  # glob characters in the prefix are matched literally
+    store = store_at(redis_server.url, prefix)
+    neighbour = store_at(redis_server.url, "other:")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        for i in range(5):
+            await store.set(rec(f"a{i}", scope=ALICE))
+        await store.set(rec("b0", scope=BOB))
+        await neighbour.set(rec("a0", scope=ALICE))  # alice, under another prefix
+        # what the prefix would match as a pattern, and is not under it
+        lookalike = f"tx?:{{{scope_hash(ALICE)}}}:a0"
+        await client.set(lookalike, b"not ours")
+        before = await all_keys(redis_server.url)
+        assert await store.purge(ALICE) == 5
+        after = await all_keys(redis_server.url)
+        assert before - after == {f"{prefix}{{{scope_hash(ALICE)}}}:a{i}" for i in range(5)}
+        assert await store.get(BOB, "b0") is not None
+        assert await neighbour.get(ALICE, "a0") is not None
+        assert await client.get(lookalike) == b"not ours"
+        assert await store.purge(ALICE) == 0
+    finally:
+        await client.aclose()
+        await neighbour.aclose()
         await store.aclose()
 
 
@@ -143,11 +246,11 @@ async def test_the_parsed_records_stay_within_their_bounds(
     try:
         for i in range(12):
             await store.set(rec(f"k{i}"))
-            assert await store.get(f"k{i}") is not None
+            assert await store.get(SCOPE, f"k{i}") is not None
             assert len(store._parsed) <= 5
         assert store._parsed_bytes == sum(len(v) for v in store._parsed)
         monkeypatch.setattr(redis_store, "PARSED_MAX_BYTES", 1)  # smaller than any value
-        await store.get("k0")
+        await store.get(SCOPE, "k0")
         assert len(store._parsed) == 0 and store._parsed_bytes == 0
     finally:
         await store.aclose()
@@ -163,25 +266,28 @@ async def connected_clients(url: str) -> int:
 
 
 async def test_shutdown_sends_a_batch_not_yet_sent_on_the_open_client(
-    redis_server: RedisServer,
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_at(redis_server.url, "t:")
+    handoffs = Handoffs(store, monkeypatch, hold=True)
     await store.set(rec("a"))
-    lookup = asyncio.ensure_future(store.get("a"))
-    await asyncio.sleep(0)  # the lookup joined a batch that waits for the next loop turn
+    lookup = asyncio.ensure_future(store.get(SCOPE, "a"))
+    await handoffs.came.wait()  # the lookup joined a batch, not sent yet
     await store.aclose()
-    assert (await lookup) is not None
+    assert handoffs.callers == [1, 1]  # the batch held back, then sent by aclose
+    assert (await asyncio.wait_for(lookup, 5)) is not None
     # Sent after the close, the MGET would have opened a connection nobody closes.
     assert await connected_clients(redis_server.url) == 0
 
 
 async def test_a_batch_task_cancelled_before_it_ran_still_answers_its_callers(
-    redis_server: RedisServer,
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = store_at(redis_server.url, "t:")
+    handoffs = Handoffs(store, monkeypatch, hold=True)
     try:
-        lookup = asyncio.ensure_future(store.get("a"))
-        await asyncio.sleep(0)
+        lookup = asyncio.ensure_future(store.get(SCOPE, "a"))
+        await handoffs.came.wait()  # the lookup joined a batch, not sent yet
         store._send_batch()  # what the next loop turn would do ...
         (task,) = store._inflight
         task.cancel()  # ... and the task dies before its first step
@@ -201,7 +307,7 @@ async def test_an_unexpected_error_in_the_batch_is_a_store_error_for_every_calle
 
     monkeypatch.setattr(store.client, "mget", broken_mget)
     try:
-        results = await asyncio.gather(*(store.get(k) for k in "ab"), return_exceptions=True)
+        results = await asyncio.gather(*(store.get(SCOPE, k) for k in "ab"), return_exceptions=True)
     finally:
         await store.aclose()
     assert all(isinstance(r, StoreError) and "surprise" in str(r) for r in results), results
@@ -216,7 +322,7 @@ async def test_a_burst_of_lookups_is_split_into_bounded_batches(
     try:
         await store.set(rec("k3"))
         before = await command_calls(redis_server.url)
-        found = await asyncio.gather(*(store.get(f"k{i}") for i in range(10)))
+        found = await asyncio.gather(*(store.get(SCOPE, f"k{i}") for i in range(10)))
         after = await command_calls(redis_server.url)
     finally:
         await store.aclose()
@@ -238,9 +344,39 @@ async def test_a_burst_beyond_the_pool_waits_for_connections(
     try:
         keys = [f"k{i}" for i in range(40)]
         await asyncio.gather(*(store.set(rec(k, f"answer {k}")) for k in keys))
-        found = await asyncio.gather(*(store.get(k) for k in keys))
+        found = await asyncio.gather(*(store.get(SCOPE, k) for k in keys))
     finally:
         await store.aclose()
     assert [r.response["choices"][0]["message"]["content"] if r else None for r in found] == [
         f"answer {k}" for k in keys
     ]
+
+
+async def test_the_test_redis_server_starts_on_another_port_when_its_first_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-server cannot bind port 0 and say which port it got: the harness picks a free
+    # port, which something else may bind before redis-server does (under parallel runs).
+    if os.environ.get("AIGW_TEST_REDIS_URL"):
+        pytest.skip("needs its own redis-server (AIGW_TEST_REDIS_URL is set)")
+    picks: list[int] = []
+    unused_ports = harness.unused_ports
+
+    def first_pick_taken(n: int) -> list[int]:
+        ports = [taken_port] if not picks else unused_ports(n)
+        picks.extend(ports)
+        return ports
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        taken_port = taken.getsockname()[1]
+        server = RedisServer(tmp_path)
+        monkeypatch.setattr(harness, "unused_ports", first_pick_taken)
+        try:
+            server.start()
+            assert picks == [taken_port, server.port]
+            assert await connected_clients(server.url) == 0  # it answers there
+            server.stop()
+            server.start()  # a restart keeps its port: clients have its URL
+            assert server.port == picks[1]
+        finally:
+            server.stop()

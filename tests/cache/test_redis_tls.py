@@ -18,9 +18,9 @@ from pydantic import ValidationError
 
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.stores import StoreError
-from tests.cache.test_stores import rec
+from tests.cache.test_stores import SCOPE, rec
 from tests.conftest import GatewayFactory, Upstream
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 from tests.test_exact_cache import ask, cache_conf, settle
 
 pytestmark = pytest.mark.skipif(
@@ -60,14 +60,17 @@ class TlsRedis(RedisServer):
     """A redis-server that also listens with TLS on ``tls_port``."""
 
     def __init__(self, workdir: Path, pki: Pki, client_certs: bool) -> None:
-        self.tls_port = free_port()
         super().__init__(
             workdir,
-            *("--tls-port", str(self.tls_port)),
             *("--tls-cert-file", str(pki.server_cert), "--tls-key-file", str(pki.server_key)),
             *("--tls-ca-cert-file", str(pki.ca)),
             *("--tls-auth-clients", "yes" if client_certs else "no"),
+            port_options=("--port", "--tls-port"),
         )
+
+    @property
+    def tls_port(self) -> int:
+        return self.ports["--tls-port"]
 
     @property
     def tls_url(self) -> str:
@@ -99,7 +102,7 @@ async def round_trip(**config: Any) -> str | None:
     store = RedisStore(RedisStoreConfig(key_prefix="tls:", timeout_ms=5000, **config))
     try:
         await store.set(rec("k", "over tls"))
-        found = await store.get("k")
+        found = await store.get(SCOPE, "k")
     finally:
         await store.aclose()
     return found.response["choices"][0]["message"]["content"] if found else None

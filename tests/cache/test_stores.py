@@ -19,6 +19,7 @@ from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_r
 from aigw.cache.singleflight import SingleFlight
 from aigw.cache.stores import MemoryStore, MemoryStoreConfig
 from aigw.context import RequestContext, Target
+from aigw.counters import Counters
 
 
 class Clock:
@@ -68,9 +69,9 @@ def completion(text: str) -> dict[str, Any]:
     }
 
 
-def rec(key: str, text: str = "answer", ttl: int = 60) -> CacheRecord:
-    """A record of an answer of ``text`` under ``key``."""
-    return make_record(completion(text), key, SCOPE, ttl)
+def rec(key: str, text: str = "answer", ttl: int = 60, scope: str = SCOPE) -> CacheRecord:
+    """A record of an answer of ``text`` under ``key`` in ``scope``."""
+    return make_record(completion(text), key, scope, ttl)
 
 
 def weight(record: CacheRecord) -> int:
@@ -96,32 +97,50 @@ def weighing(size: int, key: str, ttl: int = 60) -> CacheRecord:
 async def test_memory_get_set_delete(clock: Clock) -> None:
     store = memory()
     assert store.local is True
-    assert await store.get("a") is None
+    assert await store.get(SCOPE, "a") is None
     a, b = rec("a", "one"), rec("b", "two")
     await store.set(a)
     await store.set(b)
-    first = await store.get("a")
+    first = await store.get(SCOPE, "a")
     assert first == a and first is not a  # held serialised: read back as an equal record
-    assert await store.get("a") is first  # then kept decoded: a hot entry is decoded once
-    assert await store.get("b") == b
+    assert await store.get(SCOPE, "a") is first  # then kept decoded: a hot entry is decoded once
+    assert await store.get(SCOPE, "b") == b
     assert len(store) == 2
     assert store.bytes == weight(a) + weight(b)
     uno = rec("a", "uno")
     await store.set(uno)  # stored under its own key: replaces a
-    assert await store.get("a") == uno
+    assert await store.get(SCOPE, "a") == uno
     assert len(store) == 2
-    await store.delete("a")
-    assert await store.get("a") is None
-    assert await store.get("b") == b
-    await store.delete("a")  # deleting a missing key is fine
-    await store.delete("never")
+    await store.delete(SCOPE, "a")
+    assert await store.get(SCOPE, "a") is None
+    assert await store.get(SCOPE, "b") == b
+    await store.delete(SCOPE, "a")  # deleting a missing key is fine
+    await store.delete(SCOPE, "never")
     assert len(store) == 1
     assert store.bytes == weight(b)
     assert await store.ping() is None
     await store.aclose()
     assert len(store) == 0
     assert store.bytes == 0
-    assert await store.get("b") is None
+    assert await store.get(SCOPE, "b") is None
+
+
+async def test_memory_purge_forgets_one_scope_only(clock: Clock) -> None:
+    store = memory()
+    mine = [rec(f"alice-{i}", scope="consumer:alice") for i in range(3)]
+    theirs = [rec(f"bob-{i}", scope="consumer:bob") for i in range(2)]
+    for record in (*mine, *theirs):
+        await store.set(record)
+    assert await store.get("consumer:alice", theirs[0].key) is None  # bob's, asked as alice
+    assert await store.purge("consumer:alice") == 3
+    assert [await store.get("consumer:alice", r.key) for r in mine] == [None] * 3
+    assert [await store.get("consumer:bob", r.key) for r in theirs] == theirs
+    assert len(store) == 2 and store.bytes == sum(weight(r) for r in theirs)
+    assert await store.purge("consumer:alice") == 0  # nothing left to purge
+    assert await store.purge("nobody") == 0
+    await store.delete("consumer:alice", theirs[0].key)  # not alice's: left alone
+    assert await store.get("consumer:bob", theirs[0].key) == theirs[0]
+    assert set(store._scopes) == {"consumer:bob"}
 
 
 async def test_memory_ttl_expiry(clock: Clock) -> None:
@@ -131,14 +150,14 @@ async def test_memory_ttl_expiry(clock: Clock) -> None:
     await store.set(long)
     assert store.bytes == weight(short) + weight(long)
     clock.now += 9.999
-    assert await store.get("short") == short
+    assert await store.get(SCOPE, "short") == short
     clock.now += 0.001  # exactly the TTL: gone
-    assert await store.get("short") is None
+    assert await store.get(SCOPE, "short") is None
     assert len(store) == 1
     assert store.bytes == weight(long)
-    assert await store.get("long") == long
+    assert await store.get(SCOPE, "long") == long
     clock.now += 90
-    assert await store.get("long") is None
+    assert await store.get(SCOPE, "long") is None
     assert len(store) == 0
     assert store.bytes == 0
 
@@ -150,9 +169,9 @@ async def test_memory_overwrite_renews_the_ttl(clock: Clock) -> None:
     second = rec("a", "2", ttl=10)
     await store.set(second)
     clock.now += 8
-    assert await store.get("a") == second
+    assert await store.get(SCOPE, "a") == second
     clock.now += 2
-    assert await store.get("a") is None
+    assert await store.get(SCOPE, "a") is None
     assert store.bytes == 0
 
 
@@ -161,22 +180,22 @@ async def test_memory_evicts_the_least_recently_used_entry(clock: Clock) -> None
     records = {key: rec(key, key) for key in "abc"}
     for record in records.values():
         await store.set(record)
-    assert await store.get("a") == records["a"]  # a is now the most recently used
+    assert await store.get(SCOPE, "a") == records["a"]  # a is now the most recently used
     d = rec("d", "d")
     await store.set(d)
     assert len(store) == 3
-    assert await store.get("b") is None
-    assert await store.get("a") == records["a"]
-    assert await store.get("c") == records["c"]
-    assert await store.get("d") == d
+    assert await store.get(SCOPE, "b") is None
+    assert await store.get(SCOPE, "a") == records["a"]
+    assert await store.get(SCOPE, "c") == records["c"]
+    assert await store.get(SCOPE, "d") == d
     # overwriting counts as use too
     a_again = rec("a", "A")
     await store.set(a_again)  # order now: c, d, a
     e = rec("e", "e")
     await store.set(e)
-    assert await store.get("c") is None
+    assert await store.get(SCOPE, "c") is None
     for key, record in zip("ade", (a_again, d, e), strict=True):
-        assert await store.get(key) == record
+        assert await store.get(SCOPE, key) == record
     assert store.bytes == weight(a_again) + weight(d) + weight(e)
 
 
@@ -186,11 +205,11 @@ async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     await store.set(a)
     await store.set(b)
     assert store.bytes == 800
-    assert await store.get("a") == a  # a is used, so b goes first
+    assert await store.get(SCOPE, "a") == a  # a is used, so b goes first
     await store.set(c)
-    assert await store.get("b") is None
-    assert await store.get("a") == a
-    assert await store.get("c") == c
+    assert await store.get(SCOPE, "b") is None
+    assert await store.get(SCOPE, "a") == a
+    assert await store.get(SCOPE, "c") == c
     assert len(store) == 2
     assert store.bytes == 800
     # one record of exactly max_bytes pushes everything else out
@@ -198,9 +217,9 @@ async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     await store.set(big)
     assert len(store) == 1
     assert store.bytes == 1024
-    assert await store.get("big") == big
-    assert await store.get("a") is None
-    assert await store.get("c") is None
+    assert await store.get(SCOPE, "big") == big
+    assert await store.get(SCOPE, "a") is None
+    assert await store.get(SCOPE, "c") is None
 
 
 async def test_memory_bytes_accounting(clock: Clock) -> None:
@@ -215,11 +234,11 @@ async def test_memory_bytes_accounting(clock: Clock) -> None:
     a300 = rec("a", "z" * 300)
     await store.set(a300)  # and a larger a smaller one
     assert store.bytes == weight(a300) + weight(b50)
-    await store.delete("a")
+    await store.delete(SCOPE, "a")
     assert store.bytes == weight(b50)
-    await store.delete("a")
+    await store.delete(SCOPE, "a")
     assert store.bytes == weight(b50)
-    await store.delete("b")
+    await store.delete(SCOPE, "b")
     assert store.bytes == 0
 
 
@@ -231,7 +250,7 @@ async def test_memory_weighs_records_as_serialised(clock: Clock) -> None:
     record.rendered[:] = [b"h" * 1000, b"t" * 1000]  # the replay's render cache is not counted
     await store.set(record)
     assert store.bytes == len(encode(record))
-    hit = await store.get("k")
+    hit = await store.get(SCOPE, "k")
     assert hit == record and hit.rendered == []  # the render cache is not stored either
     assert store.bytes == len(encode(record))
 
@@ -242,14 +261,14 @@ async def test_memory_drops_an_entry_that_does_not_decode(clock: Clock) -> None:
     good, bad = rec("good", "fine"), rec("bad", "broken")
     await store.set(good)
     await store.set(bad)
-    expires, size, _ = store._data["bad"]
-    store._data["bad"] = (expires, size, b'{"v": 1, "response": null}')
+    expires, size, _, scope = store._data["bad"]
+    store._data["bad"] = (expires, size, b'{"v": 1, "response": null}', scope)
     with pytest.raises(InvalidRecord):
-        await store.get("bad")
-    assert await store.get("bad") is None
+        await store.get(SCOPE, "bad")
+    assert await store.get(SCOPE, "bad") is None
     assert len(store) == 1
     assert store.bytes == weight(good)
-    assert await store.get("good") == good
+    assert await store.get(SCOPE, "good") == good
 
 
 async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Clock) -> None:
@@ -257,8 +276,8 @@ async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Cloc
     small = rec("small", "s" * 10)
     await store.set(small)
     await store.set(weighing(1025, "huge"))
-    assert await store.get("huge") is None
-    assert await store.get("small") == small  # nothing was evicted for it
+    assert await store.get(SCOPE, "huge") is None
+    assert await store.get(SCOPE, "small") == small  # nothing was evicted for it
     assert len(store) == 1
     assert store.bytes == weight(small)
 
@@ -269,19 +288,23 @@ async def test_memory_a_record_too_heavy_to_store_drops_the_previous_one(clock: 
     await store.set(old)
     await store.set(other)
     await store.set(weighing(1025, "k"))  # not stored, and the old entry for k is stale
-    assert await store.get("k") is None
-    assert await store.get("other") == other
+    assert await store.get(SCOPE, "k") is None
+    assert await store.get(SCOPE, "other") == other
     assert len(store) == 1
     assert store.bytes == weight(other)
 
 
-keys = st.sampled_from("abcdefgh")
+# Keys differ between scopes, as exact keys do (the scope is hashed into them).
+keys = st.tuples(st.sampled_from(["s1", "s2", "s3"]), st.sampled_from("abcdef")).map(
+    lambda sk: (sk[0], f"{sk[0]}-{sk[1]}")
+)
 ops = st.lists(
     st.one_of(
         # answers from 0 to 900 characters: records of ~330 to ~1230 bytes, around max_bytes
         st.tuples(st.just("set"), keys, st.integers(0, 900), st.integers(1, 20)),
         st.tuples(st.just("get"), keys),
         st.tuples(st.just("delete"), keys),
+        st.tuples(st.just("purge"), keys),
         st.tuples(st.just("tick"), st.integers(0, 10)),
     ),
     max_size=40,
@@ -299,26 +322,36 @@ async def test_memory_bounds_hold_under_any_operations(
         store = memory(max_entries=max_entries, max_bytes=1024)
         for op in ops:
             if op[0] == "set":
-                _, key, size, ttl = op
-                record = rec(key, key * size, ttl)
+                _, (scope, key), size, ttl = op
+                record = rec(key, key[-1] * size, ttl, scope)
                 await store.set(record)
                 if weight(record) <= 1024:
                     # the record just written is always readable (it fits in max_bytes)
-                    assert await store.get(key) == record
+                    assert await store.get(scope, key) == record
                 else:
-                    assert await store.get(key) is None
+                    assert await store.get(scope, key) is None
             elif op[0] == "get":
-                await store.get(op[1])
+                await store.get(*op[1])
             elif op[0] == "delete":
-                await store.delete(op[1])
-                assert await store.get(op[1]) is None
+                await store.delete(*op[1])
+                assert await store.get(*op[1]) is None
+            elif op[0] == "purge":
+                scope = op[1][0]
+                others = {k for k, item in store._data.items() if item[3] != scope}
+                await store.purge(scope)
+                assert set(store._data) == others  # that scope's entries, and only them
             else:
                 fake.now += op[1]
             assert len(store) <= max_entries
             assert 0 <= store.bytes <= 1024
-            live = [held(item[-1]) for item in store._data.values()]
+            live = [held(item[2]) for item in store._data.values()]
             assert store.bytes == sum(weight(r) for r in live)
             assert all(r.key == k for k, r in zip(store._data, live, strict=True))
+            # the scope index holds exactly the live keys, and no empty scope
+            by_scope: dict[str, set[str]] = {}
+            for k, r in zip(store._data, live, strict=True):
+                by_scope.setdefault(r.scope, set()).add(k)
+            assert store._scopes == by_scope
 
 
 # --------------------------------------------------------------------------- SingleFlight
@@ -438,25 +471,26 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_failure_log_rate_limits_per_kind(clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    failures = FailureLog(logging.getLogger(LOGGER), interval_s=10.0)
+    counters = Counters()
+    failures = FailureLog(logging.getLogger(LOGGER), counters, "a-cache", interval_s=10.0)
 
     failures.failed("lookup", ConnectionError("redis down"))
-    assert failures.counts["lookup"] == 1
+    assert counters.get("a-cache", "lookup_failure") == 1
     assert warnings_of(caplog) == ["cache lookup failed, serving without the cache: redis down"]
 
     for _ in range(3):
         clock.now += 3
         failures.failed("lookup", ConnectionError("redis down"))
-    assert failures.counts["lookup"] == 4
+    assert counters.get("a-cache", "lookup_failure") == 4
     assert len(warnings_of(caplog)) == 1  # repeats within 10 s are only counted
 
     failures.failed("store", "timeout")  # another kind has its own limit
     assert warnings_of(caplog)[-1] == "cache store failed, serving without the cache: timeout"
-    assert failures.counts["store"] == 1
+    assert counters.get("a-cache", "store_failure") == 1
 
     clock.now += 1  # 10 s since the first lookup warning
     failures.failed("lookup", "still down")
-    assert failures.counts["lookup"] == 5
+    assert counters.get("a-cache", "lookup_failure") == 5
     assert warnings_of(caplog)[-1] == (
         "cache lookup failed, serving without the cache: still down (3 more since the last warning)"
     )
@@ -471,7 +505,7 @@ def test_failure_log_rate_limits_per_kind(clock: Clock, caplog: pytest.LogCaptur
     failures.failed("lookup", "much later")
     assert warnings_of(caplog)[-1] == "cache lookup failed, serving without the cache: much later"
     assert len(warnings_of(caplog)) == 5
-    assert failures.counts == {"lookup": 8, "store": 1}
+    assert counters.snapshot() == {"a-cache": {"lookup_failure": 8, "store_failure": 1}}
 
 
 def test_failure_log_logs_at_a_clock_of_zero(
@@ -479,7 +513,7 @@ def test_failure_log_logs_at_a_clock_of_zero(
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     clock.now = 0.0
-    failures = FailureLog(logging.getLogger(LOGGER), interval_s=10.0)
+    failures = FailureLog(logging.getLogger(LOGGER), Counters(), "a-cache", interval_s=10.0)
     failures.failed("lookup", "first")
     assert warnings_of(caplog) == ["cache lookup failed, serving without the cache: first"]
 
