@@ -106,6 +106,11 @@ class UpstreamTimeout(GatewayError):
 
 
 def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
-    """Serialise an OpenAI-style error body."""
+    """Serialise an OpenAI-style error body. A message quoting undecodable client bytes (a
+    path aiohttp's pure-Python parser kept as surrogates) has them escaped."""
     err: dict[str, Any] = {"message": message, "type": type, "code": code, "param": param}
-    return orjson.dumps({"error": err})
+    try:
+        return orjson.dumps({"error": err})
+    except orjson.JSONEncodeError:
+        err["message"] = message.encode("utf-8", "backslashreplace").decode()
+        return orjson.dumps({"error": err})

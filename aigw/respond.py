@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from aigw import http_errors
@@ -149,6 +149,8 @@ class ResponsePhase:
             _add_headers(ctx, resp.headers)
         except ValueError as err:  # a plugin's reply aiohttp refuses (a Content-Type header)
             resp = _error_response(ctx, err, f"building {ctx.replied_by}'s reply")
+        if resp.status >= 400 and "close" in resp.headers.get(hdrs.CONNECTION, "").lower():
+            resp.force_close()  # an error that ends the connection (a body that cannot be read)
         ctx.first_byte_at = time.perf_counter()
         try:
             try:

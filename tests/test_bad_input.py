@@ -261,3 +261,24 @@ async def test_parse_error_messages_are_bounded_and_always_encodable() -> None:
     assert isinstance(resp.body, bytes)
     message = orjson.loads(resp.body)["error"]["message"]
     assert "\\udcff" in message and len(message) < 400
+
+
+async def test_a_body_that_cannot_be_decoded_closes_the_connection(gateway: Gateway) -> None:
+    # More is promised than sent, and what is sent is not gzip: the 400 says Connection: close
+    # and the gateway closes, rather than leaving a connection whose parser is dead open until
+    # its keep-alive runs out.
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 300000\r\n\r\n"
+    )
+    status, headers, _ = await raw_exchange(gateway, head + b"x" * 1000)  # reads to EOF
+    assert status == 400 and headers["connection"] == "close"
+
+
+def test_an_error_quoting_undecodable_bytes_still_serialises() -> None:
+    # aiohttp's pure-Python parser keeps a path's undecodable bytes as surrogates, which the
+    # 404's message quotes: orjson refuses them, and the 404 became a 500 with a traceback.
+    from aigw.errors import error_body
+
+    body = orjson.loads(error_body("Unknown path GET /x\udcff", "invalid_request_error"))
+    assert body["error"]["message"] == "Unknown path GET /x\\udcff"
