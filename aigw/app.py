@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import HttpVersion11, hdrs, web
 from pluggy import HookImpl
 
-from aigw import http_errors
+from aigw import aiohttp_private, http_errors
 from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
 from aigw.errors import GatewayError, NotFound
@@ -68,6 +68,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_route("*", "/healthz", _get_only(_healthz), expect_handler=_expect)
     app.router.add_route("*", "/readyz", readyz, expect_handler=_expect)
     app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=_expect)
+    aiohttp_private.dispatch(app, API_ROUTES.keys())
     http_errors.install(app)
     app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_clients_ctx(runtime))

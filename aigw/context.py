@@ -231,12 +231,13 @@ class RequestContext:
         """The request's cache verdict over every cache (``x-aigw-cache``, the access log's
         ``cache_status``): ``hit`` if one answered, else ``miss`` if one looked, else ``skip``
         if each skipped; ``None`` when no cache saw the request."""
-        statuses = {o.status for o in self.cache_outcomes}
-        if "hit" in statuses:
-            return "hit"
-        if "miss" in statuses:
-            return "miss"
-        return "skip" if statuses else None
+        status: CacheStatus | None = None
+        for outcome in self.cache_outcomes:
+            if outcome.status == "hit":
+                return "hit"
+            if outcome.status == "miss" or status is None:
+                status = outcome.status
+        return status
 
     @property
     def elapsed_ms(self) -> float:

@@ -85,16 +85,18 @@ class Pipeline:
         for phase in RESPONSE_PHASES:
             hook_steps(loaded, phase)  # checked here too, so that `aigw check` reports them
         self._log = list(hook_steps(loaded, "on_log").values())
-        self._read_body = read_body
-        # The plugins before the first one that reads the body, and the rest.
+        # The plugins' steps in conf.d order, with the core's read step ("" names it) before
+        # the first plugin that reads the body: one loop, no coroutine per part.
         first = next(i for i, (_, needs) in enumerate(order) if needs or i == len(order) - 1)
-        self._before = [requests[n] for n, _ in order[:first] if n in requests]
-        self._after = [requests[n] for n, _ in order[first:] if n in requests]
+        self._steps = [requests[n] for n, _ in order if n in requests]
+        if read_body is not None:
+            at = sum(1 for n, _ in order[:first] if n in requests)
+            self._steps.insert(at, ("", read_body, CTX_ONLY))
         # What ctx.passed_on is when a step replies: the plugins before it (a precomputed
         # tuple per step, so a request allocates nothing to find it).
         prefix = {name: tuple(self.names[:i]) for i, name in enumerate(self.names)}
         self._passed = {name: prefix[name] for name in requests}
-        self._passed_to_read = tuple(self.names[:first])
+        self._passed[""] = tuple(self.names[:first])
         #: The plugin the body is read just before (for ``aigw check``).
         self.body_read_before = self.names[first]
 
@@ -103,33 +105,18 @@ class Pipeline:
 
         The body is read between the plugins that do not need it and those that do; an error
         reading it (400, 413, 415, an unknown model's 404) is the reply, seen on the way back
-        by the plugins before.
+        by the plugins before (``ctx.replied_by`` is then ``None``: no plugin replied).
         """
-        reply = await self._run(ctx, self._before) if self._before else None
-        if reply is not None:
-            return reply
-        if self._read_body is not None:
+        for step in self._steps:
+            name, fn, args = step
             try:
-                await self._read_body(ctx)
-            except GatewayError as err:
-                ctx.error = err
-                ctx.reply, ctx.replied_by = Reply.from_error(err), None
-                ctx.passed_on = self._passed_to_read
-                return ctx.reply
-        reply = await self._run(ctx, self._after)
-        if reply is None:
-            raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
-        return reply
-
-    async def _run(self, ctx: RequestContext, steps: list[Step]) -> Reply | None:
-        for step in steps:
-            name = step[0]
-            try:
-                reply = await call(step, ctx)
+                reply = await (fn(ctx) if args == CTX_ONLY else call(step, ctx))
             except GatewayError as err:
                 ctx.error = err
                 reply = Reply.from_error(err)
             except Exception as err:
+                if not name:
+                    raise  # the core's own bug: aiohttp answers it (aigw.http_errors)
                 log.exception("request %s: plugin %s failed in on_request", ctx.request_id, name)
                 ctx.error = err
                 reply = Reply.from_error(_INTERNAL)
@@ -143,10 +130,10 @@ class Pipeline:
                     )
                     ctx.error = TypeError(f"{name}.on_request returned {type(reply).__name__}")
                     reply = Reply.from_error(_INTERNAL)
-                ctx.reply, ctx.replied_by = reply, name
+                ctx.reply, ctx.replied_by = reply, name or None
                 ctx.passed_on = self._passed[name]
                 return reply
-        return None
+        raise RuntimeError("the terminal plugin returned no reply")  # checked at start-up
 
     async def log(self, ctx: RequestContext) -> None:
         """``on_log`` for every plugin, in conf.d order; errors are logged, not raised.
@@ -157,7 +144,7 @@ class Pipeline:
         cancelled: asyncio.CancelledError | None = None
         for step in self._log:
             try:
-                await call(step, ctx)
+                await (step[1](ctx) if step[2] == CTX_ONLY else call(step, ctx))
             except asyncio.CancelledError as err:
                 cancelled = err
             except Exception:

@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from aigw import http_errors
 from aigw.context import SSE_CT, Reply, RequestContext
 from aigw.errors import GatewayError
-from aigw.pipeline import Step, call, hook_steps
+from aigw.pipeline import CTX_ONLY, Step, call, hook_steps
 from aigw.plugins import LoadedPlugins
 from aigw.whole_response import WholeResponse
 
@@ -122,7 +122,7 @@ class ResponsePhase:
         """``on_response_end`` in reverse order; errors are logged, not raised."""
         for step in chains.end:
             try:
-                await call(step, ctx)
+                await (step[1](ctx) if step[2] == CTX_ONLY else call(step, ctx))
             except Exception:
                 log.exception(
                     "request %s: plugin %s failed in on_response_end", ctx.request_id, step[0]
@@ -149,12 +149,13 @@ class ResponsePhase:
             _add_headers(ctx, resp.headers)
         except ValueError as err:  # a plugin's reply aiohttp refuses (a Content-Type header)
             resp = _error_response(ctx, err, f"building {ctx.replied_by}'s reply")
-        if resp.status >= 400 and "close" in resp.headers.get(hdrs.CONNECTION, "").lower():
+        status = resp.status
+        if status >= 400 and "close" in resp.headers.get(hdrs.CONNECTION, "").lower():
             resp.force_close()  # an error that ends the connection (a body that cannot be read)
         ctx.first_byte_at = time.perf_counter()
         try:
             try:
-                ctx.status = resp.status  # from here on, this is what the client gets
+                ctx.status = status  # from here on, this is what the client gets
                 await resp.send(ctx.request)
             except ValueError as err:
                 # A header refused (a plugin's value with a line break) before anything was
@@ -227,8 +228,15 @@ def _cache_headers(ctx: RequestContext, headers: CIMultiDict[str]) -> None:
     """The one place the caches' outcomes become headers: ``x-aigw-cache`` (hit, miss or
     skip over every cache) and, for a hit, which cache type answered, the key of the entry
     served and, for a semantic hit, the similarity (4 decimals)."""
-    headers["x-aigw-cache"] = ctx.cache_status or "skip"
-    hit = ctx.cache_hit
+    hit = None
+    verdict = "skip"
+    for outcome in ctx.cache_outcomes:  # ctx.cache_status and ctx.cache_hit, in one pass
+        if outcome.status == "hit":
+            hit = outcome
+            break
+        if outcome.status == "miss":
+            verdict = "miss"
+    headers["x-aigw-cache"] = "hit" if hit is not None else verdict
     if hit is not None:
         headers["x-aigw-cache-type"] = hit.type
         if hit.key is not None:

@@ -55,6 +55,9 @@ def _other_head(status_line: str, headers: Any) -> bytes:
         (web.RequestHandler, "handle_error", lambda self, request, status=500: None),
         (web.Application, "_make_handler", None),
         (web.BaseRequest, "ATTRS", frozenset()),
+        (web.Application, "_handle", lambda self, request, extra: None),
+        (web.Request, "ATTRS", frozenset()),
+        (aiohttp_private.UrlMappingMatchInfo, "freeze", None),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
