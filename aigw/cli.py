@@ -107,7 +107,7 @@ def describe(config: Config) -> str:
         hooks = sorted(h.name for h in loaded.pm.get_hookcallers(plugin) or [])
         mark = "  [terminal]" if getattr(plugin, "terminal", False) else ""
         if name == pipeline.body_read_before:
-            lines.append("     (the request body is read and its model resolved here)")
+            lines.append("  -- the request body is read and its model resolved --")
         lines.append(f"  {i + 1}. {name}{mark}  ({entry.file.name}; hooks: {', '.join(hooks)})")
     describe_terminal = getattr(loaded.terminal, "describe", None)
     if describe_terminal is not None:

@@ -103,6 +103,9 @@ def test_check_prints_pipeline_and_providers(
     assert proxy.strip().startswith("2. provider-proxy")
     assert "90-provider-proxy.yaml" in proxy
     assert out.index(skip) < out.index(proxy) < out.index("providers:")
+    # skip-header decides on the headers: the body is read after it, before the proxy.
+    read = line_of(out, "the request body is read")
+    assert out.index(skip) < out.index(read) < out.index(proxy)
     up = line_of(out, "up [openai")
     assert "http://127.0.0.1:9/v1" in up
     assert "fast→gpt-4o-mini" in up
