@@ -42,6 +42,7 @@ from aigw.http_client import (
     Response,
     ResponseError,
 )
+from aigw.http_client.response import media_type
 
 
 @dataclass(slots=True)
@@ -337,10 +338,7 @@ class MockResponse:
     @property
     def content_type(self) -> str:
         """The media type, lowercased, without parameters (aiohttp's default if absent)."""
-        value = self.headers.get("Content-Type")
-        if not value:
-            return "application/octet-stream"
-        return value.partition(";")[0].strip().lower()
+        return media_type(self.headers)
 
     async def read(self) -> bytes:
         """The whole body."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Final
 
 from multidict import CIMultiDictProxy
@@ -93,6 +93,15 @@ class Body:
             waiter.set_result(None)
 
 
+def media_type(headers: Mapping[str, str]) -> str:
+    """The media type ``headers``' ``Content-Type`` names, lowercased, without parameters
+    (aiohttp's default, ``application/octet-stream``, if absent)."""
+    value = headers.get("Content-Type")
+    if not value:
+        return "application/octet-stream"
+    return value.partition(";")[0].strip().lower()
+
+
 class Response:
     """An upstream's answer: status and headers, and its :attr:`content` as it arrives.
 
@@ -114,10 +123,7 @@ class Response:
     @property
     def content_type(self) -> str:
         """The media type, lowercased, without parameters (aiohttp's default if absent)."""
-        value = self.headers.get("Content-Type")
-        if not value:
-            return "application/octet-stream"
-        return value.partition(";")[0].strip().lower()
+        return media_type(self.headers)
 
     async def read(self) -> bytes:
         """The whole body (raises :class:`HTTPClientError` if it cannot be read whole)."""
