@@ -19,8 +19,10 @@ Everything else uses aiohttp's public API (DESIGN.md §8). What is here, and why
   the instance, and the request's match info, set as the router would.
 - :func:`install`: OpenAI-style replies for the errors aiohttp answers on its own (a request
   it cannot parse, a handler that raised). aiohttp has no hook for those replies but
-  ``RequestHandler.handle_error``, and no public way to choose the ``RequestHandler`` class
-  that a runner's (or a test server's) server makes: the app's server factory is wrapped.
+  ``RequestHandler.handle_error`` (and, for the router's own 404 and 405 to targets it cannot
+  route, such as ``OPTIONS *`` and ``CONNECT``'s, ``RequestHandler.finish_response``), and no
+  public way to choose the ``RequestHandler`` class that a runner's (or a test server's) server
+  makes: the app's server factory is wrapped.
 
 At import, :data:`PROBLEMS` lists what differs from what these need in the installed aiohttp
 (a name gone, a signature changed, a private attribute that no longer means what it did: each
@@ -85,6 +87,12 @@ def _check() -> list[str]:
     params = list(inspect.signature(web.RequestHandler.handle_error).parameters)
     if params != ["self", "request", "status", "exc", "message"]:
         problems.append(f"RequestHandler.handle_error takes {params}")
+    finish = web.RequestHandler.finish_response
+    params = list(inspect.signature(finish).parameters)
+    if params != ["self", "request", "resp", "start_time"] or not (
+        inspect.iscoroutinefunction(finish)
+    ):
+        problems.append(f"RequestHandler.finish_response is not a coroutine taking {params}")
     params = list(inspect.signature(web.RequestHandler.__init__).parameters)
     if params[:2] != ["self", "manager"] or "loop" not in params:
         problems.append(f"RequestHandler() takes {params}")

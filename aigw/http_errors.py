@@ -6,23 +6,34 @@ malformed request line or header, a header too long, a ``Content-Encoding`` it c
 so they broke two promises every other response keeps: errors in OpenAI's shape, and an
 ``x-request-id``. :func:`install` makes aiohttp build them here instead, by overriding
 ``RequestHandler.handle_error``; having aiohttp's server use that handler takes private names,
-guarded in :mod:`aigw.aiohttp_private`. aiohttp still logs them as it did, and still closes
-the connection after them.
+guarded in :mod:`aigw.aiohttp_private`. aiohttp still closes the connection after them.
+
+They are logged here, on the ``aigw.http_errors`` logger, rate-limited per kind
+(:class:`aigw.ratelimit_log.RateLimitFilter`): a request the client got wrong is one INFO line
+(the gateway did nothing wrong and there is nothing for an operator to fix; aiohttp logged an
+ERROR with a traceback for each, and a scanner's burst filled the logs), a handler that raised
+is an ERROR with its traceback. aiohttp's own ``aiohttp.server`` logger is rate-limited too.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
 from aigw import aiohttp_private
-from aigw.errors import BadRequest, GatewayError
+from aigw.errors import BadRequest, GatewayError, NotFound
 from aigw.ids import request_id
+from aigw.ratelimit_log import RateLimitFilter
 
-log = logging.getLogger("aigw")
+log = logging.getLogger("aigw.http_errors")
+log.addFilter(RateLimitFilter())
+# For aiohttp's own logger: what reaches handle_error is logged here instead; what it still
+# logs (an exception in its own code) is rare, but bounded all the same.
+_AIOHTTP_LIMIT = RateLimitFilter()
 _MAX_DETAIL = 300
 
 # Where the core leaves a request's id when its handler raises, so that aiohttp's 500 carries
@@ -74,8 +85,12 @@ class _Handler(web.RequestHandler):
         # surrogates) must not make building the reply fail.
         if message is not None:
             message = message[:_MAX_DETAIL].encode("utf-8", "backslashreplace").decode()
-        # aiohttp's own: it logs the error, and raises if the response had already started.
-        super().handle_error(request, status, exc, message)
+        # What aiohttp's own does first (and then it logs the error with a traceback, which
+        # is left out: logged below).
+        if request.writer.output_size > 0:
+            raise ConnectionError(
+                "Response is sent already, cannot send another response with the error message"
+            )
         err: GatewayError
         if status >= 500:
             # Never the exception's text: it may hold anything (a traceback in debug mode).
@@ -89,15 +104,74 @@ class _Handler(web.RequestHandler):
             )
         # The id the gateway gave the request (kept by a handler that raised); else the
         # client's if it sent one; else a new one (for a request that could not be parsed, its
-        # headers were never read), logged so that the reply can be matched with aiohttp's
-        # log line above.
+        # headers were never read), logged so that the reply can be matched with the log.
         rid = kept_id(request) or request_id(request.headers)
-        if rid != request.headers.get("x-request-id"):
-            log.info("request %s: answered %d: %s", rid, status, err.message)
+        # A bug is an error, with its traceback (aiohttp passes the exception); a request the
+        # client got wrong is not: INFO, one line. One kind per status and exception type.
+        log.log(
+            logging.ERROR if status >= 500 else logging.INFO,
+            "request %s: answered %d to %s: %s",
+            rid,
+            status,
+            request.remote,
+            " ".join(err.message.split()),  # one line: the parser's message spans several
+            exc_info=exc if status >= 500 else None,
+            extra={"ratelimit_key": ("http_error", status, type(exc).__name__)},
+        )
         resp = error_response(err)
         resp.headers["x-request-id"] = rid
         resp.force_close()
         return resp
+
+    def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: Any
+    ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
+        # Not a coroutine function: it hands aiohttp's coroutine back, so that every request
+        # does not pay a coroutine frame for what few requests need (a router's own error).
+        if isinstance(resp, web.HTTPException) and isinstance(request, web.Request):
+            resp = _unrouted(request, resp)
+        return super().finish_response(request, resp, start_time)
+
+
+# What the gateway answers OPTIONS with a target of "*" (the server as a whole): the methods
+# its own routes take.
+_SERVER_ALLOW = "GET, HEAD, POST"
+
+
+def _unrouted(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    """The reply to a request the router could not route (``exc`` is its own plain-text 404 or
+    405), else ``exc`` itself (a handler raised it: the handler chose it).
+
+    The gateway's catch-all route takes any path, so the router fails only where aiohttp
+    cannot match a target at all (one not starting with ``/``) and for a plugin's route that
+    does not take the method. RFC 9110: ``OPTIONS *`` asks about the server in general
+    (§9.3.7): 200 with ``Allow``; ``CONNECT`` asks a proxy for a tunnel, which the gateway is
+    not, a method it does not implement (§9.1): 501; anything else keeps the router's status.
+    """
+    if request.match_info.http_exception is not exc:
+        return exc
+    target = request.raw_path
+    if request.method == "OPTIONS" and target == "*":
+        return web.Response(headers={"Allow": _SERVER_ALLOW})
+    err: GatewayError
+    if request.method == "CONNECT":
+        err = GatewayError(
+            "CONNECT is not supported: aigw is not a proxy",
+            status=501,
+            type="invalid_request_error",
+            code="method_not_supported",
+        )
+    elif exc.status == 405:
+        err = GatewayError(
+            f"Method {request.method} is not allowed on {target}",
+            status=405,
+            type="invalid_request_error",
+            code="method_not_allowed",
+            headers={"Allow": exc.headers.get("Allow", "")},
+        )
+    else:
+        err = NotFound(f"Unknown path {request.method} {target}", code="unknown_url")
+    return error_response(err)
 
 
 def _phrase(status: int) -> str:
@@ -112,4 +186,5 @@ def install(app: web.Application) -> None:
     their own errors in OpenAI's shape with an ``x-request-id``: through
     :mod:`aigw.aiohttp_private`, as aiohttp has no public way to; where it cannot, they keep
     aiohttp's plain-text replies (and a warning says so at start-up)."""
+    logging.getLogger("aiohttp.server").addFilter(_AIOHTTP_LIMIT)
     aiohttp_private.install(app, _Handler)

@@ -2,7 +2,7 @@
 
 Config keys (:class:`ExactCacheConfig`): ``store`` (``{type: memory, max_entries, max_bytes}``
 or ``{type: redis, url | host/port, username, password, db, tls, tls_ca_file, tls_cert_file,
-tls_key_file, key_prefix, timeout_ms, max_connections}``),
+tls_key_file, key_prefix, timeout_ms, max_connections, breaker_failures, breaker_cooldown_s}``),
 ``ttl_seconds`` (1800), ``key_strategy`` / Higress ``cacheKeyStrategy`` (``conversation``,
 ``lastQuestion``, ``allQuestions``, ``disabled``), ``key_from`` / ``cacheKeyFrom``, ``scope``
 (``consumer``: each authenticated consumer has its own entries; ``shared``: one scope),
@@ -20,12 +20,15 @@ happens after the reply, in the background. Entries are kept per scope (see
 :mod:`aigw.cache.stores`).
 
 Counts, in the gateway's counters under ``exact-cache``: ``hit``, ``miss``, ``skip``,
-``stored``, ``coalesced`` (hits served by waiting for an identical request), and
-``lookup_failure``/``store_failure``.
+``stored``, ``coalesced`` (hits served by waiting for an identical request),
+``lookup_failure``/``store_failure``, and Redis's circuit breaker's ``breaker_open``,
+``breaker_close`` and ``breaker_skip`` (:mod:`aigw.cache.breaker`).
 
 Fails open: a store error, timeout or garbage value is a miss (or a skipped store), counted and
-logged at most every few seconds; the request never fails for the cache. An unreachable store
-makes ``/readyz`` report ``degraded`` (still 200): the gateway serves on.
+logged at most every few seconds; the request never fails for the cache. A Redis that keeps
+failing is skipped for a cool-down (one warning when that starts, one line when it is back). An
+unreachable store makes ``/readyz`` report ``degraded`` (still 200): the gateway serves on. At
+start-up, a Redis without ``maxmemory`` (or one that refuses writes when full) is warned about.
 """
 
 from __future__ import annotations
@@ -121,6 +124,27 @@ def uncacheable_answer(ctx: RequestContext, allow_tool_calls: bool) -> str | Non
     return None
 
 
+async def _check_memory_limit(store: RedisStore) -> None:
+    """Warn if Redis will grow without bound, or refuse writes when full: every answer stays
+    its whole TTL, so the cache's memory is bounded by Redis's ``maxmemory`` alone."""
+    try:
+        limit, policy = await store.memory_limit()
+    except StoreError as err:  # CONFIG denied (ACL) or renamed (managed Redis): not ours to know
+        log.debug("exact-cache: cannot read redis's maxmemory: %s", err)
+        return
+    if limit == 0:
+        log.warning(
+            "exact-cache: redis has no maxmemory: it grows with every answer cached until the "
+            "machine runs out; set maxmemory (say 1gb) and maxmemory-policy allkeys-lru "
+            "(or volatile-ttl) in redis.conf"
+        )
+    elif policy == "noeviction":
+        log.warning(
+            "exact-cache: redis's maxmemory-policy is noeviction: once full it refuses every "
+            "new answer; set maxmemory-policy allkeys-lru (or volatile-ttl)"
+        )
+
+
 class ExactCachePlugin:
     """Exact-match response cache with single-flight, on a memory or Redis store."""
 
@@ -146,10 +170,15 @@ class ExactCachePlugin:
         self._gateway = gateway
         self.counters = gateway.counters
         self.failures = FailureLog(log, gateway.counters, NAME)
+        if isinstance(self.store, RedisStore):
+            self.store.breaker.report_to(gateway.counters, NAME)
         try:
             await self.store.ping()
         except StoreError as err:
             log.warning("exact-cache store unreachable at start-up (serving without it): %s", err)
+            return
+        if isinstance(self.store, RedisStore):
+            await _check_memory_limit(self.store)
 
     @hookimpl
     async def shutdown(self) -> None:

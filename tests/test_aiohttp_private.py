@@ -53,6 +53,8 @@ def _other_head(status_line: str, headers: Any) -> bytes:
         (web.StreamResponse, "prepared", property(lambda self: False)),
         (web.StreamResponse, "enable_compression", lambda self: None),
         (web.RequestHandler, "handle_error", lambda self, request, status=500: None),
+        (web.RequestHandler, "finish_response", lambda self, request, resp, start_time: None),
+        (web.RequestHandler, "finish_response", lambda self, request, response, start: None),
         (web.Application, "_make_handler", None),
         (web.BaseRequest, "ATTRS", frozenset()),
         (web.Application, "_handle", lambda self, request, extra: None),

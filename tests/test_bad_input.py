@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from aigw import http_errors
+from aigw.ratelimit_log import RateLimitFilter
 from tests.conftest import Gateway, GatewayFactory, Upstream, provider_file
 
 CHAT = "/v1/chat/completions"
@@ -282,3 +283,93 @@ def test_an_error_quoting_undecodable_bytes_still_serialises() -> None:
 
     body = orjson.loads(error_body("Unknown path GET /x\udcff", "invalid_request_error"))
     assert body["error"]["message"] == "Unknown path GET /x\\udcff"
+
+
+MALFORMED = [
+    b"GXT\x01 / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+]
+
+
+async def test_a_burst_of_malformed_requests_logs_a_bounded_number_of_one_liners(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A limiter of its own, so that the burst does not silence the other tests' lines.
+    limit = RateLimitFilter()
+    monkeypatch.setattr(http_errors.log, "filters", [limit])
+    with caplog.at_level(logging.DEBUG):
+        replies = [await raw_exchange(gateway, MALFORMED[i % 4]) for i in range(120)]
+    assert {status for status, _, _ in replies} == {400}
+    # The test server's access log has its line per request, as it does for any request; the
+    # CLI's server has none.
+    records = [r for r in caplog.records if r.name != "aiohttp.access"]
+    assert [r for r in records if r.exc_info or r.levelno >= logging.WARNING] == []
+    assert all("\n" not in r.getMessage() for r in records)
+    # At most a burst per kind (status and exception type; these are 4 kinds at most).
+    assert 0 < len(records) <= 4 * limit.burst
+    assert any("further similar messages suppressed" in r.getMessage() for r in records)
+
+
+async def test_a_client_error_is_one_info_line_and_a_bug_keeps_its_traceback(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_errors.log, "filters", [RateLimitFilter()])
+    server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
+    handler = http_errors._Handler(server, loop=asyncio.get_running_loop())
+    request = make_mocked_request("POST", CHAT, writer=mock.Mock(output_size=0))
+    with caplog.at_level(logging.DEBUG):
+        handler.handle_error(request, 400, ValueError("bad line"), "Invalid method:\n\n x")
+        try:
+            raise RuntimeError("a bug")
+        except RuntimeError as err:
+            resp = handler.handle_error(request, 500, err)
+    client, bug = caplog.records
+    assert client.levelno == logging.INFO and client.exc_info is None
+    assert "Invalid method: x" in client.getMessage()
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert str(bug.exc_info[1]) == "a bug"
+    assert isinstance(resp, web.Response) and isinstance(resp.body, bytes)
+    assert resp.status == 500 and b"a bug" not in resp.body
+
+
+async def test_connect_gets_an_openai_error(gateway: Gateway) -> None:
+    # Its target is an authority (host:port), which aiohttp's router cannot match at all.
+    request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+    status, headers, body = await raw_exchange(gateway, request + b"Connection: close\r\n\r\n")
+    assert status == 501
+    assert headers["content-type"].startswith("application/json")
+    assert headers["x-request-id"]
+    err = orjson.loads(body)["error"]
+    assert set(err) == {"message", "type", "code", "param"}
+    assert err["type"] == "invalid_request_error" and err["code"] == "method_not_supported"
+
+
+async def test_options_asterisk_says_what_the_server_allows(gateway: Gateway) -> None:
+    status, headers, body = await raw_exchange(
+        gateway, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert (status, body) == (200, b"")
+    assert headers["allow"] == "GET, HEAD, POST"
+    assert headers["x-request-id"]
+
+
+async def test_the_routers_own_405_gets_an_openai_error_and_a_handlers_own_is_kept(
+    aiohttp_client: Any,
+) -> None:
+    # A plugin's route that takes GET only: the router answers the other methods itself.
+    async def conflict(request: web.Request) -> web.Response:
+        raise web.HTTPConflict(text="mine")
+
+    app = web.Application()
+    app.router.add_get("/get-only", conflict)
+    http_errors.install(app)
+    client = await aiohttp_client(app)
+    async with client.post("/get-only") as resp:
+        assert resp.status == 405 and resp.content_type == "application/json"
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+        err = (await resp.json())["error"]
+    assert err["code"] == "method_not_allowed" and "/get-only" in err["message"]
+    async with client.get("/get-only") as resp:  # raised by the handler: its choice
+        assert resp.status == 409 and await resp.text() == "mine"

@@ -191,3 +191,32 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         pass
     finally:
         sink.close()
+
+
+async def test_base_url_credentials_through_the_proxy(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    forward_proxy: ForwardProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # aiohttp refuses credentials in the URL next to an Authorization header: the provider
+    # sends them as a header itself, and only the API key's Authorization when it has one.
+    caplog.set_level(logging.INFO, logger="aigw")
+    base_url = upstream.base_url.replace("://", "://basic-user:b4sic-pw@")
+    for kind, base, expected in (
+        ("openai", base_url, "Bearer sk-upstream-secret"),
+        (
+            "azure",
+            base_url.removesuffix("/v1"),
+            "Basic " + base64.b64encode(b"basic-user:b4sic-pw").decode(),
+        ),
+    ):
+        conf = provider_file(upstream, type=kind, base_url=base, proxy=forward_proxy.url())
+        gw = await make_gateway({"90-provider-proxy.yaml": conf}, kind)
+        await chat(gw)
+        assert upstream.llm.last_call.headers["authorization"] == expected
+    assert [url for url, _ in forward_proxy.seen] == [
+        f"{upstream.base_url}/chat/completions",
+        f"{upstream.root_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    ]
+    assert "b4sic-pw" not in caplog.text

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +26,7 @@ from aigw.app import PLUGINS, RUNTIME
 from aigw.cache.key import scope_hash
 from aigw.cache.record import make_record
 from aigw.context import CacheOutcome, RequestContext
+from tests.cache.test_breaker import FakeClock
 from tests.conftest import UPSTREAM_KEY, Gateway, GatewayFactory, Upstream, provider_file
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
@@ -911,8 +915,6 @@ async def test_slow_redis_is_bounded_by_the_timeout(
     store = {"type": "redis", "url": redis_server.url, "key_prefix": key_prefix, "timeout_ms": 50}
     gw = await make_gateway(cache_conf(upstream, store))
     assert redis_server.proc is not None
-    import signal
-
     redis_server.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
     try:
         loop = asyncio.get_running_loop()
@@ -923,6 +925,115 @@ async def test_slow_redis_is_bounded_by_the_timeout(
         redis_server.proc.send_signal(signal.SIGCONT)
     assert status == "miss" and completion.choices[0].message.content == ANSWER
     assert elapsed < 1.0  # the lookup gave up after its 50 ms deadline
+
+
+async def test_a_paused_redis_costs_requests_its_deadline_only_until_the_breaker_opens(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    redis_server: RedisServer,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw")
+    store = {
+        "type": "redis",
+        "url": redis_server.url,
+        "key_prefix": key_prefix,
+        "timeout_ms": 50,
+        "breaker_failures": 2,
+        "breaker_cooldown_s": 5,
+    }
+    gw = await make_gateway(cache_conf(upstream, store))
+    clock = dict(gw.server.app[PLUGINS].order)["exact-cache"].store.breaker.clock = FakeClock()
+    await ask(gw)
+    await settle(gw)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # alive but answering nothing
+    try:
+        await ask(gw)  # its lookup and its write-back time out: the breaker opens
+        await settle(gw)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(20):  # without the breaker, at least 20 deadlines: 1 s
+            status, completion = await ask(gw)
+            assert status == "miss" and completion.choices[0].message.content == ANSWER
+        elapsed = loop.time() - started
+        await settle(gw)
+        async with gw.http.get(gw.url("/readyz")) as resp:  # at once, not after a deadline
+            body = await resp.json()
+            assert body["status"] == "degraded" and "skipped" in body["problems"][0]
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    clock.now += 5
+    async with gw.http.get(gw.url("/readyz")) as resp:  # the probe: Redis is back
+        assert await resp.json() == {"status": "ready"}
+    assert (await ask(gw))[0] == "hit"
+    assert elapsed < 0.5
+    got = counts(gw)
+    assert (got["breaker_open"], got["breaker_close"]) == (1, 1)
+    assert got["breaker_skip"] == 41  # 20 lookups, 20 write-backs, 1 readiness ping
+    assert got["lookup_failure"] == 21 and got["store_failure"] == 21
+    said = [r.getMessage() for r in caplog.records if r.name == "aigw.cache.breaker"]
+    assert len(said) == 2, said
+    assert "redis unreachable" in said[0] and "skipping it for 5 s" in said[0]
+    assert said[1] == "exact-cache: redis is back"
+
+
+@pytest.mark.parametrize(
+    ("maxmemory", "policy", "warning"),
+    [
+        ("0", "allkeys-lru", "redis has no maxmemory"),
+        ("100mb", "noeviction", "maxmemory-policy is noeviction"),
+        ("100mb", "allkeys-lru", None),
+    ],
+)
+async def test_start_up_warns_of_a_redis_without_memory_bounds(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    redis_server: RedisServer,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    maxmemory: str,
+    policy: str,
+    warning: str | None,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await client.config_set("maxmemory", maxmemory)
+        await client.config_set("maxmemory-policy", policy)
+    finally:
+        await client.aclose()
+    store = {"type": "redis", "url": redis_server.url, "key_prefix": key_prefix}
+    await make_gateway(cache_conf(upstream, store))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    found = [w for w in warnings if "maxmemory" in w]
+    assert len(found) == (warning is not None), warnings
+    assert all(warning in w and "allkeys-lru" in w for w in found), found
+
+
+async def test_start_up_says_nothing_of_memory_bounds_redis_will_not_tell(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    tmp_path: Path,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if os.environ.get("AIGW_TEST_REDIS_URL"):
+        pytest.skip("needs its own redis-server (AIGW_TEST_REDIS_URL is set)")
+    caplog.set_level(logging.DEBUG, logger="aigw.exact_cache")
+    server = RedisServer(tmp_path / "redis", "--rename-command", "CONFIG", "")  # managed Redis
+    (tmp_path / "redis").mkdir()
+    server.start()
+    try:
+        store = {"type": "redis", "url": server.url, "key_prefix": key_prefix}
+        gw = await make_gateway(cache_conf(upstream, store))
+        await ask(gw)
+        await settle(gw)
+        assert (await ask(gw))[0] == "hit"  # CONFIG refused: Redis is still used, not skipped
+    finally:
+        server.stop()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if "maxmemory" in r.getMessage()]
+    assert lines == [(logging.DEBUG, lines[0][1])] and "unknown command" in lines[0][1]
 
 
 async def test_higress_last_question_strategy(

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -15,12 +20,15 @@ from aigw_plugins.provider_proxy.config import ProviderConfig
 from aigw_plugins.provider_proxy.upstream import Upstream as ProviderUpstream
 from aiohttp import web
 
-from aigw.app import create_app
+from aigw.app import PLUGINS, create_app
+from aigw.cli import main
 from aigw.config import load_config
-from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
+from aigw.errors import ConfigError, GatewayError, UpstreamError, UpstreamTimeout
+from aigw.gateway import Gateway as GatewayRuntime
 from aigw.http_client import (
     ConnectError,
     ConnectTimeout,
+    HTTPClient,
     HTTPClientError,
     ReadTimeout,
     ResponseError,
@@ -603,3 +611,172 @@ async def mocked_gateway(
         assert isinstance(backend, ProviderUpstream)
         backend.transport = MockTransport(handler)
     return await aiohttp_client(create_app(config, loaded))
+
+
+# ------------------------------------------------------------------------- credentials (issue 16)
+
+
+def with_creds(url: str, creds: str = "basic-user:b4sic-pw@") -> str:
+    return url.replace("://", f"://{creds}", 1)
+
+
+async def test_credentials_meant_for_other_services_never_go_upstream(
+    gateway: Gateway, upstream: Upstream
+) -> None:
+    headers = {
+        "X-Goog-Api-Key": "AIza-client",
+        "Anthropic-Api-Key": "sk-ant-client",
+        "X-Auth-Token": "tok-client",
+        "X-Amz-Security-Token": "amz-client",
+        "Ocp-Apim-Subscription-Key": "apim-client",
+        "x-custom": "kept",
+    }
+    async with gateway.http.post(
+        gateway.url("/v1/chat/completions"), json=CHAT, headers=headers
+    ) as resp:
+        assert resp.status == 200
+    got = upstream.llm.last_call.headers
+    assert got["x-custom"] == "kept"
+    assert not [name for name in headers if name.lower() in got and name != "x-custom"]
+    assert "client" not in str(got)
+
+
+async def test_operator_drops_headers_or_forwards_only_some(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    sent = {"x-custom": "a", "x-tenant": "b", "X-Trace": "c"}
+    for config, expected in (
+        ({"drop_headers": ["X-Tenant"]}, {"x-custom", "x-trace"}),
+        ({"forward_headers": ["x-trace"]}, {"x-trace"}),
+    ):
+        conf = provider_file(upstream)
+        conf["config"].update(config)
+        gw = await make_gateway({"90-p.yaml": conf}, str(config))
+        async with gw.http.post(gw.url("/v1/chat/completions"), json=CHAT, headers=sent) as resp:
+            assert resp.status == 200
+        got = upstream.llm.last_call.headers
+        assert {name for name in sent if name.lower() in got} == {
+            n for n in sent if n.lower() in expected
+        }
+        # The gateway's own headers go anyway.
+        assert got["authorization"] == f"Bearer {UPSTREAM_KEY}" and "x-request-id" in got
+
+
+async def test_forwarding_a_credential_header_is_a_config_error(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    conf = provider_file(upstream)
+    conf["config"]["forward_headers"] = ["x-trace", "X-Goog-Api-Key"]
+    with pytest.raises(ConfigError, match=r"90-p\.yaml.*forward_headers.*x-goog-api-key"):
+        await make_gateway({"90-p.yaml": conf})
+
+
+async def test_base_url_credentials_are_never_printed(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw")
+    conf = provider_file(upstream, base_url=with_creds(upstream.base_url))
+    gw = await make_gateway({"90-p.yaml": conf})
+    await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert f"fake [openai {with_creds(upstream.base_url, '***@')}]" in caplog.text
+    assert main(["check", "-c", str(gw.conf_dir)]) == 0
+    out = capsys.readouterr().out
+    assert with_creds(upstream.base_url, "***@") in out
+    assert "b4sic-pw" not in caplog.text + out
+
+
+async def test_base_url_credentials_are_sent_unless_the_key_sets_authorization(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    basic = "Basic " + base64.b64encode(b"basic-user:b4sic-pw").decode()
+    openai_type = provider_file(upstream, base_url=with_creds(upstream.base_url))
+    gw = await make_gateway({"90-p.yaml": openai_type}, "openai")
+    await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    assert upstream.llm.last_call.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    azure = provider_file(upstream, type="azure", base_url=with_creds(upstream.root_url))
+    gw = await make_gateway({"90-p.yaml": azure}, "azure")
+    await gw.openai.chat.completions.create(model="gpt-4o", messages=MSG)
+    got = upstream.llm.last_call.headers
+    assert (got["authorization"], got["api-key"]) == (basic, UPSTREAM_KEY)
+
+
+async def test_the_502_does_not_name_the_upstreams_address(
+    make_gateway: GatewayFactory, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    where = f"{upstream.server.host}:{upstream.server.port}"
+    conf = provider_file(upstream, max_retries=0)
+    await upstream.server.close()
+    gw = await make_gateway({"90-p.yaml": conf})
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=CHAT) as resp:
+        assert resp.status == 502
+        message = (await resp.json())["error"]["message"]
+    assert message == "upstream fake is unreachable"
+    assert where in caplog.text  # the operator's log keeps it
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (ConnectError("cannot connect to 10.1.2.3:8443: refused"), "upstream m is unreachable"),
+        (ConnectTimeout("connecting to 10.1.2.3:8443 took over 5 s"), "upstream m did not answer"),
+        (ReadTimeout("ServerTimeoutError: 10.1.2.3:8443"), "upstream m did not answer in time"),
+        (ResponseError("ClientOSError: 10.1.2.3:8443 reset"), "upstream m broke the answer"),
+    ],
+)
+async def test_transport_errors_keep_the_address_out_of_the_clients_message(
+    failure: HTTPClientError, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, _ = scripted(failure)
+    with pytest.raises(GatewayError) as err:
+        await mocked(handler, max_retries=0).post("chat.completions", "m", b"{}", {})
+    assert err.value.message.startswith(message) and "10.1.2.3" not in err.value.message
+    assert "10.1.2.3:8443" in caplog.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_broken_body_keeps_the_address_out_of_the_clients_message(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    caplog: pytest.LogCaptureFixture,
+    stream: bool,
+) -> None:
+    gw = await make_gateway({"90-p.yaml": provider_file(upstream)})
+    plugin = gw.server.app[PLUGINS].terminal
+    assert isinstance(plugin, ProviderProxyPlugin)
+    backend = plugin.backends["fake"]
+    assert isinstance(backend, ProviderUpstream)
+    broken = ResponseError("ClientPayloadError: 10.1.2.3:8443 reset")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'data: {"choices": []}\n\n' if stream else b'{"choices": ['
+        raise broken
+
+    content_type = "text/event-stream" if stream else "application/json"
+    answer = MockResponse(200, {"Content-Type": content_type}, body())
+    backend.transport = MockTransport(lambda _: answer)
+    request = {**CHAT, "stream": stream}
+    async with gw.http.post(gw.url("/v1/chat/completions"), json=request) as resp:
+        if stream:
+            events = b""
+            with pytest.raises(aiohttp.ClientPayloadError):  # the stream is cut after it
+                async for chunk in resp.content.iter_any():
+                    events += chunk
+            assert b'"message":"upstream fake broke the stream"' in events
+        else:
+            assert resp.status == 502
+            assert (await resp.json())["error"]["message"] == "upstream fake broke the answer"
+    assert "10.1.2.3:8443" in caplog.text
+
+
+def test_a_refused_base_url_is_named_without_its_credentials() -> None:
+    cfg = ProviderConfig(name="f", base_url="ftp://basic-user:b4sic-pw@files.invalid/v1")
+    gateway = cast(GatewayRuntime, SimpleNamespace(client=HTTPClient()))
+    with pytest.raises(ValueError, match="not an http") as err:
+        ProviderUpstream(cfg).start(gateway)
+    assert "ftp://files.invalid/v1" in str(err.value) and "b4sic-pw" not in str(err.value)
+    # The client's own message, for any caller that gives it credentials.
+    with pytest.raises(ValueError, match=r"'ftp://\*\*\*@files.invalid/v1'"):
+        HTTPClient().origin("ftp://basic-user:b4sic-pw@files.invalid/v1", 1, 1)

@@ -3,7 +3,10 @@
 Every call has a deadline (``timeout_ms``, default 100 ms) so a slow Redis costs a request at
 most that much; errors and timeouts raise :class:`~aigw.cache.stores.StoreError` for the cache
 to treat as a miss. A dropped connection (a Redis restart) is retried once at once, so the
-first request after a restart does not miss needlessly. Replies are parsed by hiredis (C),
+first request after a restart does not miss needlessly. A Redis that keeps failing is skipped
+for a while (:class:`~aigw.cache.breaker.CircuitBreaker`: ``breaker_failures`` failures in a
+row, then calls fail at once for ``breaker_cooldown_s``, then one probe), so a stalled Redis
+does not cost every request the whole deadline. Replies are parsed by hiredis (C),
 installed with aigw, which makes a Redis hit markedly cheaper than redis-py's Python parser.
 
 Lookups are batched: the GETs of every request that looks up during one turn of the event loop
@@ -22,24 +25,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import redis.asyncio as redis
 from pydantic import Field, model_validator
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from aigw.config import Settings
 
+from .breaker import CircuitBreaker
 from .key import scope_hash
 from .record import CacheRecord, decode, encode
 from .stores import StoreError
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # Keys looked up in one loop turn, each with its callers' futures.
 _Batch = dict[str, list[asyncio.Future[bytes | str | None]]]
 
@@ -67,7 +72,9 @@ class RedisStoreConfig(Settings):
     (Redis's own default, ``tls-auth-clients yes``). The server's certificate and host name are
     always verified. ``key_prefix``: namespace for keys (``<key_prefix>{<scope hash>}:<key>``).
     ``timeout_ms``: deadline of each call. ``max_connections``: pool size; with every
-    connection busy, a call waits for one (within ``timeout_ms``).
+    connection busy, a call waits for one (within ``timeout_ms``). ``breaker_failures``: calls
+    failed in a row (timeouts, lost connections) after which Redis is skipped, every call
+    failing open at once, for ``breaker_cooldown_s`` seconds before one probe call.
     """
 
     type: Literal["redis"] = "redis"
@@ -84,6 +91,8 @@ class RedisStoreConfig(Settings):
     tls_key_file: str | None = None
     timeout_ms: float = Field(100.0, gt=0)
     max_connections: int = Field(64, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(5.0, gt=0)
 
     @property
     def uses_tls(self) -> bool:
@@ -148,22 +157,34 @@ class RedisStore:
                 host=config.host, port=config.port, connection_class=connection_class, **common
             )
         self.client = redis.Redis(connection_pool=pool)
+        self.breaker = CircuitBreaker("redis", config.breaker_failures, config.breaker_cooldown_s)
         self._batch: _Batch | None = None  # Redis keys (see _key)
         self._inflight: set[asyncio.Task[None]] = set()
         # Parsed records of recently read values, oldest first (see _decode).
         self._parsed: dict[bytes, CacheRecord] = {}
         self._parsed_bytes = 0
 
-    async def _run(self, what: str, call: Awaitable[T]) -> T:
+    async def _run(
+        self, what: str, command: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``command(*args, **kwargs)`` within the deadline, unless the breaker skips it."""
+        breaker = self.breaker
+        breaker.check(what)
         try:
             async with asyncio.timeout(self.timeout):
-                return await call
+                result = await command(*args, **kwargs)
         except TimeoutError:
-            raise StoreError(
-                f"redis {what}: timed out after {self.timeout * 1000:.0f} ms"
-            ) from None
-        except (RedisError, OSError) as err:
+            error = StoreError(f"redis {what}: timed out after {self.timeout * 1000:.0f} ms")
+        except ResponseError as err:
+            breaker.succeeded()  # Redis answered, refusing this command (say, OOM): it is there
             raise StoreError(f"redis {what}: {err}") from None
+        except (RedisError, OSError) as err:
+            error = StoreError(f"redis {what}: {err}")
+        else:
+            breaker.succeeded()
+            return result
+        breaker.failed(error)
+        raise error from None
 
     def _key(self, scope: str, key: str) -> str:
         """The Redis key of ``key`` in ``scope``."""
@@ -197,9 +218,9 @@ class RedisStore:
 
     async def _mget(self, batch: _Batch) -> None:
         try:
-            values = await self._run("MGET", self.client.mget(list(batch)))
-        except StoreError as err:
-            return _fail(batch, str(err))
+            values = await self._run("MGET", self.client.mget, list(batch))
+        except StoreError as err:  # of its class: a skipped call (CircuitOpen) stays one
+            return _fail(batch, str(err), type(err))
         except Exception as err:  # a redis-py surprise: still only a miss, and said so
             return _fail(batch, f"redis MGET: {err!r}")
         if len(values) != len(batch):
@@ -237,10 +258,10 @@ class RedisStore:
     async def set(self, record: CacheRecord) -> None:
         value = encode(record)
         redis_key = self._key(record.scope, record.key)
-        await self._run("SET", self.client.set(redis_key, value, ex=record.ttl))
+        await self._run("SET", self.client.set, redis_key, value, ex=record.ttl)
 
     async def delete(self, scope: str, key: str) -> None:
-        await self._run("DEL", self.client.delete(self._key(scope, key)))
+        await self._run("DEL", self.client.delete, self._key(scope, key))
 
     async def purge(self, scope: str) -> int:
         """``SCAN`` for the scope's keys and ``UNLINK`` them a batch at a time (each call
@@ -250,15 +271,25 @@ class RedisStore:
         removed, cursor = 0, 0
         while True:
             cursor, keys = await self._run(
-                "SCAN", self.client.scan(cursor, match=match, count=PURGE_BATCH)
+                "SCAN", self.client.scan, cursor, match=match, count=PURGE_BATCH
             )
             if keys:
-                removed += await self._run("UNLINK", self.client.unlink(*keys))
+                removed += await self._run("UNLINK", self.client.unlink, *keys)
             if cursor == 0:
                 return removed
 
     async def ping(self) -> None:
-        await self._run("PING", self.client.ping())
+        await self._run("PING", self.client.ping)
+
+    async def memory_limit(self) -> tuple[int, str]:
+        """Redis's ``maxmemory`` (bytes, 0 for none) and ``maxmemory-policy``.
+        :class:`StoreError` if the server will not say: ``CONFIG`` is often denied by an ACL
+        or renamed away on managed Redis."""
+        config = await self._run("CONFIG GET", self.client.config_get, "maxmemory*")
+        limit, policy = config.get("maxmemory"), config.get("maxmemory-policy")
+        if not (isinstance(limit, str) and limit.isdigit() and isinstance(policy, str)):
+            raise StoreError(f"redis CONFIG GET: unexpected reply {config!r}")
+        return int(limit), policy
 
     async def aclose(self) -> None:
         self._send_batch()  # lookups waiting for the next loop turn go now, on the open client
@@ -272,9 +303,10 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
 
 
-def _fail(batch: _Batch, message: str) -> None:
-    """Answer every caller of ``batch`` still waiting with a :class:`StoreError`."""
+def _fail(batch: _Batch, message: str, error: type[StoreError] = StoreError) -> None:
+    """Answer every caller of ``batch`` still waiting with an ``error`` (one each: an exception
+    raised in several tasks would collect all their tracebacks)."""
     for futures in batch.values():
         for future in futures:
             if not future.done():
-                future.set_exception(StoreError(message))
+                future.set_exception(error(message))

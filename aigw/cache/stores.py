@@ -17,13 +17,24 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from pydantic import Field
 
 from aigw.config import Settings
 
 from .record import CacheRecord, InvalidRecord, decode, encode
+
+# What the memory store charges an entry beyond its record's serialised length, so that
+# max_bytes bounds what the store really holds (#16). Measured with tracemalloc in a full
+# store that evicts (checked in tests/cache/test_stores.py): a serialised entry costs 540 to
+# 570 bytes more (its bytes' header, its tuple, expiry and size, its 64-character key and
+# its scope, its slots in the OrderedDict and in its scope's set, which grow in steps); a
+# decoded one, with the replay's rendered body, twice its length plus about 1,800 bytes for
+# one choice (3,100 for four: each choice's dicts).
+ENTRY_OVERHEAD: Final = 640
+DECODED_FACTOR: Final = 2
+DECODED_OVERHEAD: Final = 2048
 
 
 class StoreError(Exception):
@@ -59,9 +70,10 @@ class ExactStore(Protocol):
 class MemoryStoreConfig(Settings):
     """``type: memory``: per process; bounded by ``max_entries`` and ``max_bytes`` (LRU).
 
-    ``max_bytes`` counts each record at its serialised size, which is what an entry holds
-    until its first hit; an entry that has been hit holds the record's objects and its
-    rendered reply instead, a few times that size.
+    ``max_bytes`` bounds the memory the entries hold: an entry that was never hit counts its
+    record's serialised size plus ``ENTRY_OVERHEAD`` (640 bytes); one that has been hit holds
+    the record's objects and its rendered reply instead and counts twice the serialised size
+    plus ``DECODED_OVERHEAD`` (2 KiB), measured for answers of one choice.
     """
 
     type: Literal["memory"] = "memory"
@@ -70,7 +82,7 @@ class MemoryStoreConfig(Settings):
 
 
 class MemoryStore:
-    """An LRU dict with per-entry expiry, bounded in entries and in (serialised) bytes.
+    """An LRU dict with per-entry expiry, bounded in entries and in the bytes they hold.
 
     An entry holds its record serialised, one bytes object, until the record is first read;
     it is decoded then and kept as an object, so that a hot entry is replayed without
@@ -81,7 +93,9 @@ class MemoryStore:
     proxy alone; 1.20 times held serialised; see benchmarks/README.md). On another machine,
     loads run side by side (benchmarks/paired.py) found no difference between the two (within
     1.5%): holding bytes costs nothing there and helped here. A record that fails to decode
-    is dropped and raises :class:`~aigw.cache.record.InvalidRecord`.
+    is dropped and raises :class:`~aigw.cache.record.InvalidRecord`. An entry weighs more once
+    decoded (see :class:`MemoryStoreConfig`), so a first hit may evict the least recently used
+    entries, or the entry itself when it no longer fits on its own.
 
     Each scope's keys are indexed (a set per scope with entries, each key in one set), so a
     purge visits only that scope's entries; the index is bounded by ``max_entries`` like the
@@ -93,7 +107,7 @@ class MemoryStore:
     def __init__(self, config: MemoryStoreConfig) -> None:
         self.max_entries = config.max_entries
         self.max_bytes = config.max_bytes
-        # key -> (expiry on the monotonic clock, serialised size, the record or its bytes, scope)
+        # key -> (expiry on the monotonic clock, weight, the record or its bytes, scope)
         self._data: OrderedDict[str, tuple[float, int, CacheRecord | bytes, str]] = OrderedDict()
         self._scopes: dict[str, set[str]] = {}  # scope -> its keys in _data
         self.bytes = 0
@@ -123,14 +137,22 @@ class MemoryStore:
         except InvalidRecord:
             self._drop(key)
             raise
-        self._data[key] = (expires, size, record, scope)  # keeps its place, last
+        data = self._data
+        weight = DECODED_FACTOR * len(value) + DECODED_OVERHEAD
+        data[key] = (expires, weight, record, scope)  # keeps its place, last
+        self.bytes += weight - size
+        while self.bytes > self.max_bytes:  # this entry last: kept if it fits on its own
+            self._drop(next(iter(data)))
         return record
 
     async def set(self, record: CacheRecord) -> None:
         key, scope = record.key, record.scope
         self._drop(key)  # even when the new value is not kept: the old one is stale
-        raw = encode(record)
-        size = len(raw)  # what it weighs in Redis too
+        # A copy of exactly its length: orjson's bytes keep the whole buffer it wrote them in
+        # (in orjson 3.13, 64 KiB for 8 KB of JSON, 4 KiB for 500 bytes), and a store of them
+        # held 8 times what it counted (#16).
+        raw = memoryview(encode(record)).tobytes()
+        size = len(raw) + ENTRY_OVERHEAD
         if size > self.max_bytes:
             return  # larger than the whole cache: not worth evicting everything for
         data = self._data

@@ -36,6 +36,15 @@ _ssl_context: ssl.SSLContext | None = None
 _AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the credentials in it (``user:password@``), if any, as ``***@``: for
+    logs and error messages."""
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    _, at, host = rest[:end].rpartition("@")
+    return f"{scheme}{sep}***@{host}{rest[end:]}" if sep and at else url
+
+
 def _default_ssl() -> ssl.SSLContext:
     """The system's CA store with hostname checks, made once (loading it takes milliseconds)."""
     global _ssl_context
@@ -104,7 +113,7 @@ class Origin:
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
         self.tls = parts.scheme == "https"
         self.host = parts.hostname  # looked up as written: a trailing dot skips search domains
         # The name the certificate and the Host header carry has no trailing dot (as aiohttp).

@@ -2,7 +2,8 @@
 
 Config keys (see :class:`~.config.ProviderProxyConfig`): ``providers``, each with ``name``,
 ``type`` (openai, azure, dashscope, mock), ``base_url``, ``api_keys``, ``models`` (patterns or
-pattern → upstream name), ``enabled``, ``fallbacks``, timeouts and retry settings.
+pattern → upstream name), ``enabled``, ``fallbacks``, timeouts and retry settings;
+``drop_headers`` and ``forward_headers`` (which client headers go upstream).
 
 It resolves every request's target for the core (exact model, then longest prefix, then
 ``*``), rewrites the model to the upstream name, asks streams for usage, relays the answer and
@@ -22,14 +23,15 @@ from aigw import hookimpl
 from aigw.context import SSE_CT, Reply, RequestContext, Target
 from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
 from aigw.gateway import Gateway
-from aigw.headers import downstream_headers, upstream_headers
+from aigw.headers import UpstreamHeaders, downstream_headers
 from aigw.http_client import HTTPClientError
+from aigw.http_client.pool import redact_url
 
 from .config import ProviderConfig, ProviderProxyConfig
 from .mock import MockProvider
 from .relay import Relay, record_body, relay_stream
 from .routing import ModelRouter
-from .upstream import Upstream
+from .upstream import Upstream, failure
 
 log = logging.getLogger("aigw.provider_proxy")
 
@@ -53,6 +55,7 @@ class ProviderProxyPlugin:
             for p in self.providers.values()
         }
         self._own_routers = {name: ModelRouter([p]) for name, p in self.providers.items()}
+        self._upstream_headers = UpstreamHeaders(config.drop_headers, config.forward_headers)
 
     def resolve_target(self, model: str) -> Target | None:
         """The provider and upstream model serving ``model``."""
@@ -88,7 +91,7 @@ class ProviderProxyPlugin:
                 if not p.enabled
                 else "  (shadowed)"
             )
-            where = "" if p.type == "mock" else f" {p.url}"
+            where = "" if p.type == "mock" else f" {redact_url(p.url)}"
             backend = self.backends.get(p.name)
             if isinstance(backend, Upstream) and backend.proxy:
                 where += f" via proxy {backend.proxy}"
@@ -160,7 +163,7 @@ class ProviderProxyPlugin:
         if isinstance(backend, MockProvider):
             return await self._call_mock(ctx, backend, payload, target)
         body = ctx.body if payload is ctx.payload else orjson.dumps(payload)
-        headers = upstream_headers(ctx.request.headers)
+        headers = self._upstream_headers(ctx.request.headers)
         headers["x-request-id"] = ctx.request_id
         resp = await backend.post(ctx.api, target.model, body, headers)
         if not last and (resp.status == 429 or resp.status >= 500):
@@ -176,7 +179,7 @@ class ProviderProxyPlugin:
         except TimeoutError as e:  # ReadTimeout
             raise UpstreamTimeout(f"upstream {target.provider} stalled mid-answer") from e
         except HTTPClientError as e:
-            raise UpstreamError(f"upstream {target.provider} broke the response: {e!r}") from e
+            raise failure(target.provider, "broke the answer", e) from e
         finally:
             resp.release()
         return Reply(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from aigw.config import Settings
+from aigw.headers import UpstreamHeaders
 from aigw.http_client import DEFAULT_MAX_BODY_BYTES
 from aigw.sse import MAX_EVENT_SIZE
 
@@ -108,9 +109,23 @@ class ProviderConfig(Settings):
 
 
 class ProviderProxyConfig(Settings):
-    """``providers``: the upstreams, in priority order (earlier wins a tie between patterns)."""
+    """``providers``: the upstreams, in priority order (earlier wins a tie between patterns).
+
+    ``drop_headers``: more client headers never forwarded upstream (besides the hop-by-hop ones,
+    the cache controls and any that carries credentials: :mod:`aigw.headers`).
+    ``forward_headers``: if set, the only client headers forwarded (the gateway's own, such as
+    the API key, are sent anyway); naming one that is never forwarded is an error.
+    """
 
     providers: list[ProviderConfig] = Field(min_length=1)
+    drop_headers: list[str] = Field(default_factory=list)
+    forward_headers: list[str] | None = None
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, value: list[str] | None) -> list[str] | None:
+        UpstreamHeaders(forward=value)  # raises for a header that is never forwarded
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ProviderProxyConfig:

@@ -41,5 +41,9 @@ def egress_proxy(own: str | None, base_url: str) -> tuple[str | None, str | None
         raise ValueError(f"{origin}: {proxy.with_password(None)} is not an http:// proxy URL")
     if proxy.user is None:
         return str(proxy), None
-    token = base64.b64encode(f"{proxy.user}:{proxy.password or ''}".encode()).decode()
-    return str(proxy.with_user(None)), f"Basic {token}"
+    return str(proxy.with_user(None)), basic_auth(proxy.user, proxy.password)
+
+
+def basic_auth(user: str, password: str | None) -> str:
+    """The ``Basic`` credentials header value for ``user`` and ``password`` (UTF-8)."""
+    return "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()

@@ -22,6 +22,8 @@ from aigw.http_client import HTTPClientError
 from aigw.sse import COMMENT, DONE, MAX_EVENT_SIZE, SSEEventTooLarge, SSEParser
 from aigw.transport import UpstreamResponse
 
+from .upstream import failure
+
 
 async def relay_stream(
     ctx: RequestContext,
@@ -72,7 +74,7 @@ async def relay_stream(
             f"upstream {provider} sent an SSE event larger than {err.limit} bytes"
         ) from err
     except HTTPClientError as err:
-        raise UpstreamError(f"upstream {provider} broke the stream: {err!r}") from err
+        raise failure(provider, "broke the stream", err) from err
     raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
 
 

@@ -1,6 +1,11 @@
 """Calling one OpenAI-compatible upstream: URL and auth per provider type, retries, timeouts,
 and the egress proxy (:mod:`.egress`).
 
+Credentials in ``base_url`` (``https://user:password@host/v1``) are taken out of it at
+start-up and sent as ``Authorization: Basic`` unless the provider's key sets ``Authorization``
+itself: the URL in use, and so every message that names it, never holds them, and the proxy
+path works too (aiohttp refuses credentials in a URL next to an ``Authorization`` header).
+
 Calls go through one :class:`~aigw.transport.Transport`, picked at start-up: the gateway's
 lean pooled client (:mod:`aigw.http_client`), which costs a fraction of aiohttp's CPU per call,
 or, for a provider reached through an egress proxy, aiohttp's session, which does the proxy's
@@ -21,8 +26,10 @@ import itertools
 import logging
 from urllib.parse import quote
 
+from yarl import URL
+
 from aigw.context import Api
-from aigw.errors import UpstreamError, UpstreamTimeout
+from aigw.errors import GatewayError, UpstreamError, UpstreamTimeout
 from aigw.gateway import Gateway
 from aigw.http_client import (
     ConnectError,
@@ -40,7 +47,7 @@ from aigw.transport import (
 )
 
 from .config import ProviderConfig
-from .egress import egress_proxy
+from .egress import basic_auth, egress_proxy
 
 log = logging.getLogger("aigw.provider_proxy")
 
@@ -64,14 +71,19 @@ class Upstream:
     def __init__(self, cfg: ProviderConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        base = URL(cfg.url)
+        #: The base URL, without the credentials it may have had (they are a header now).
+        self.base_url = cfg.url if base.user is None else str(base.with_user(None))
         # The headers each API key adds, with the provider's own and Content-Type.
-        self._headers = [
-            {**cfg.headers, "Content-Type": "application/json", **self._auth(key)}
-            for key in cfg.keys or [""]
-        ]
+        self._headers = []
+        for key in cfg.keys or [""]:
+            own = {**cfg.headers, "Content-Type": "application/json", **self._auth(key)}
+            if base.user is not None and "authorization" not in {n.lower() for n in own}:
+                own["Authorization"] = basic_auth(base.user, base.password)
+            self._headers.append(own)
         self._turn = itertools.count()  # spreads requests over the keys
         #: The HTTP proxy requests leave through (its credentials are kept apart).
-        self.proxy, self._proxy_auth = egress_proxy(cfg.proxy, cfg.url)
+        self.proxy, self._proxy_auth = egress_proxy(cfg.proxy, self.base_url)
         self.transport: Transport | None = None
 
     def start(self, gateway: Gateway) -> None:
@@ -82,7 +94,7 @@ class Upstream:
         if self.proxy is None:
             self.transport = PooledTransport(
                 gateway.client,
-                cfg.url,
+                self.base_url,
                 cfg.connect_timeout_s,
                 cfg.read_timeout_s,
                 max_body_bytes=cfg.max_response_bytes,
@@ -103,10 +115,10 @@ class Upstream:
             # The deployment comes from the client's model name: quote it, so "../x" or "?..."
             # cannot reach another deployment or rewrite the query.
             return (
-                f"{self.cfg.url}/openai/deployments/{quote(model, safe='')}{_PATHS[api]}"
+                f"{self.base_url}/openai/deployments/{quote(model, safe='')}{_PATHS[api]}"
                 f"?api-version={self.cfg.api_version}"
             )
-        return self.cfg.url + _PATHS[api]
+        return self.base_url + _PATHS[api]
 
     def _auth(self, key: str) -> dict[str, str]:
         if not key:
@@ -138,19 +150,19 @@ class Upstream:
                 if not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")
                     continue
-                raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
+                raise failure(self.name, "did not answer in time", err, UpstreamTimeout) from err
             except ReadTimeout as err:
-                raise UpstreamTimeout(f"upstream {self.name} did not answer in time") from err
+                raise failure(self.name, "did not answer in time", err, UpstreamTimeout) from err
             except (ConnectError, StaleConnection) as err:
                 # The upstream cannot have processed the request: it never reached it.
                 if last:
-                    raise UpstreamError(f"upstream {self.name} is unreachable: {err}") from err
+                    raise failure(self.name, "is unreachable", err) from err
                 await self._backoff(attempt, None, f"connection error: {err}")
                 continue
             except HTTPClientError as err:
                 # The request was sent and the answer broke: the upstream may have processed
                 # (and billed) it, so it is not sent again.
-                raise UpstreamError(f"upstream {self.name} broke the answer: {err}") from err
+                raise failure(self.name, "broke the answer", err) from err
             if last or not self._retryable(resp):
                 return resp
             retry_after = _retry_after(resp)
@@ -169,6 +181,17 @@ class Upstream:
         delay = max(self.cfg.retry_backoff_s * (2**attempt), retry_after or 0.0)
         log.warning("upstream %s: %s; retry %d in %.2fs", self.name, why, attempt + 1, delay)
         await asyncio.sleep(delay)
+
+
+def failure(
+    provider: str, what: str, err: Exception, kind: type[GatewayError] = UpstreamError
+) -> GatewayError:
+    """The client's error (``kind``) for a call to ``provider`` that failed in the transport:
+    ``"upstream <provider> <what>"``. The transport's own message, ``err``, names the
+    upstream's host, port or address, which are the operator's business: it goes to the log
+    (a warning) and stays on the error's cause, never in the client's message."""
+    log.warning("upstream %s %s: %s", provider, what, err)
+    return kind(f"upstream {provider} {what}")
 
 
 def _retry_after(resp: UpstreamResponse) -> float | None:

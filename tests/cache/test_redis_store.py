@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -12,11 +14,14 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 
 from aigw.cache import redis_store
+from aigw.cache.breaker import CircuitOpen
 from aigw.cache.key import scope_hash
 from aigw.cache.record import InvalidRecord
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.stores import StoreError
+from aigw.counters import Counters
 from tests import redis_server as harness
+from tests.cache.test_breaker import FakeClock
 from tests.cache.test_stores import SCOPE, rec
 from tests.redis_server import RedisServer
 
@@ -380,3 +385,113 @@ async def test_the_test_redis_server_starts_on_another_port_when_its_first_is_ta
             assert server.port == picks[1]
         finally:
             server.stop()
+
+
+async def test_a_paused_redis_is_skipped_once_the_breaker_opens_until_it_is_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aigw.cache.breaker")
+    config = RedisStoreConfig(
+        url=redis_server.url,
+        key_prefix="t:",
+        timeout_ms=50,
+        breaker_failures=3,
+        breaker_cooldown_s=5,
+    )
+    store = RedisStore(config)
+    clock = store.breaker.clock = FakeClock()
+    counters = Counters()
+    store.breaker.report_to(counters, "exact-cache")
+    assert redis_server.proc is not None
+    loop = asyncio.get_running_loop()
+    await store.set(rec("a"))
+    redis_server.proc.send_signal(signal.SIGSTOP)  # alive, answering nothing
+    try:
+        for _ in range(3):
+            with pytest.raises(StoreError, match="timed out"):
+                await store.get(SCOPE, "a")
+        started = loop.time()
+        for _ in range(50):  # without the breaker: 50 deadlines, 2.5 s
+            with pytest.raises(CircuitOpen, match="redis MGET: skipped"):
+                await store.get(SCOPE, "a")
+        with pytest.raises(CircuitOpen, match="redis SET: skipped"):
+            await store.set(rec("b"))
+        skipping = loop.time() - started
+        clock.now += 5
+        # The probe's first step (its check) runs before the lookup's batch is sent, on the
+        # next loop turn: the probe goes to Redis, the lookup does not.
+        probe = asyncio.ensure_future(store.ping())
+        with pytest.raises(CircuitOpen):
+            await store.get(SCOPE, "a")
+        with pytest.raises(StoreError, match="PING: timed out"):
+            await probe
+        with pytest.raises(CircuitOpen):  # the failed probe left it open
+            await store.get(SCOPE, "a")
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    try:
+        with pytest.raises(CircuitOpen):  # back, but not retried before the cool-down ends
+            await store.get(SCOPE, "a")
+        clock.now += 5
+        assert await store.get(SCOPE, "a") is not None
+        assert await store.get(SCOPE, "a") is not None
+    finally:
+        await store.aclose()
+    assert skipping < 0.25  # far less than the 2.55 s of 51 deadlines
+    assert counters.snapshot()["exact-cache"] == {
+        "breaker_open": 1,
+        "breaker_skip": 54,
+        "breaker_close": 1,
+    }
+    assert [r.getMessage() for r in caplog.records] == [
+        "exact-cache: redis unreachable (redis MGET: timed out after 50 ms, 3 failures in a "
+        "row); skipping it for 5 s",
+        "exact-cache: redis is back",
+    ]
+
+
+async def test_a_redis_refusing_writes_is_not_skipped(redis_server: RedisServer) -> None:
+    # Full with maxmemory-policy noeviction, Redis refuses every SET but still answers: the
+    # lookups must go on (the breaker counts only a Redis that does not answer).
+    store = RedisStore(RedisStoreConfig(url=redis_server.url, key_prefix="t:", breaker_failures=2))
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        await store.set(rec("a"))
+        await client.config_set("maxmemory", 1)
+        for key in "bcde":
+            with pytest.raises(StoreError, match=r"used memory > .maxmemory"):
+                await store.set(rec(key))
+        assert await store.get(SCOPE, "a") is not None
+    finally:
+        await client.config_set("maxmemory", 0)
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_the_memory_limit_is_read_from_redis(redis_server: RedisServer) -> None:
+    store = store_at(redis_server.url, "t:")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        assert await store.memory_limit() == (0, "noeviction")  # redis-server's defaults
+        await client.config_set("maxmemory", "100mb")
+        await client.config_set("maxmemory-policy", "allkeys-lru")
+        assert await store.memory_limit() == (100 * 1024 * 1024, "allkeys-lru")
+    finally:
+        await client.aclose()
+        await store.aclose()
+
+
+async def test_a_redis_without_config_says_so_and_is_not_skipped(tmp_path: Path) -> None:
+    if os.environ.get("AIGW_TEST_REDIS_URL"):
+        pytest.skip("needs its own redis-server (AIGW_TEST_REDIS_URL is set)")
+    server = RedisServer(tmp_path, "--rename-command", "CONFIG", "")  # as managed Redis do
+    server.start()
+    config = RedisStoreConfig(url=server.url, key_prefix="t:", breaker_failures=1)
+    store = RedisStore(config)
+    try:
+        with pytest.raises(StoreError, match="CONFIG GET: unknown command"):
+            await store.memory_limit()
+        await store.ping()  # not skipped
+    finally:
+        await store.aclose()
+        server.stop()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import hashlib
 import logging
+import tracemalloc
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 from aigw.cache import failopen, stores
 from aigw.cache.failopen import FailureLog
 from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_record, normalise
+from aigw.cache.replay import completion_body
 from aigw.cache.singleflight import SingleFlight
 from aigw.cache.stores import MemoryStore, MemoryStoreConfig
 from aigw.context import RequestContext, Target
@@ -75,8 +79,19 @@ def rec(key: str, text: str = "answer", ttl: int = 60, scope: str = SCOPE) -> Ca
 
 
 def weight(record: CacheRecord) -> int:
-    """What the store charges for ``record``: its serialised size."""
-    return len(encode(record))
+    """What the store charges for ``record`` until its first hit: its serialised size and
+    what the entry costs beyond it."""
+    return len(encode(record)) + stores.ENTRY_OVERHEAD
+
+
+def hit_weight(record: CacheRecord) -> int:
+    """What the store charges for ``record`` once hit (held decoded, with its rendered body)."""
+    return stores.DECODED_FACTOR * len(encode(record)) + stores.DECODED_OVERHEAD
+
+
+def charge(value: CacheRecord | bytes) -> int:
+    """What the store charges for an entry holding ``value``."""
+    return weight(held(value)) if isinstance(value, bytes) else hit_weight(value)
 
 
 def held(value: CacheRecord | bytes) -> CacheRecord:
@@ -106,7 +121,7 @@ async def test_memory_get_set_delete(clock: Clock) -> None:
     assert await store.get(SCOPE, "a") is first  # then kept decoded: a hot entry is decoded once
     assert await store.get(SCOPE, "b") == b
     assert len(store) == 2
-    assert store.bytes == weight(a) + weight(b)
+    assert store.bytes == hit_weight(a) + hit_weight(b)
     uno = rec("a", "uno")
     await store.set(uno)  # stored under its own key: replaces a
     assert await store.get(SCOPE, "a") == uno
@@ -117,7 +132,7 @@ async def test_memory_get_set_delete(clock: Clock) -> None:
     await store.delete(SCOPE, "a")  # deleting a missing key is fine
     await store.delete(SCOPE, "never")
     assert len(store) == 1
-    assert store.bytes == weight(b)
+    assert store.bytes == hit_weight(b)
     assert await store.ping() is None
     await store.aclose()
     assert len(store) == 0
@@ -135,7 +150,7 @@ async def test_memory_purge_forgets_one_scope_only(clock: Clock) -> None:
     assert await store.purge("consumer:alice") == 3
     assert [await store.get("consumer:alice", r.key) for r in mine] == [None] * 3
     assert [await store.get("consumer:bob", r.key) for r in theirs] == theirs
-    assert len(store) == 2 and store.bytes == sum(weight(r) for r in theirs)
+    assert len(store) == 2 and store.bytes == sum(hit_weight(r) for r in theirs)
     assert await store.purge("consumer:alice") == 0  # nothing left to purge
     assert await store.purge("nobody") == 0
     await store.delete("consumer:alice", theirs[0].key)  # not alice's: left alone
@@ -154,7 +169,7 @@ async def test_memory_ttl_expiry(clock: Clock) -> None:
     clock.now += 0.001  # exactly the TTL: gone
     assert await store.get(SCOPE, "short") is None
     assert len(store) == 1
-    assert store.bytes == weight(long)
+    assert store.bytes == weight(long)  # never read yet
     assert await store.get(SCOPE, "long") == long
     clock.now += 90
     assert await store.get(SCOPE, "long") is None
@@ -196,30 +211,32 @@ async def test_memory_evicts_the_least_recently_used_entry(clock: Clock) -> None
     assert await store.get(SCOPE, "c") is None
     for key, record in zip("ade", (a_again, d, e), strict=True):
         assert await store.get(SCOPE, key) == record
-    assert store.bytes == weight(a_again) + weight(d) + weight(e)
+    assert store.bytes == hit_weight(a_again) + hit_weight(d) + hit_weight(e)
 
 
 async def test_memory_evicts_by_bytes(clock: Clock) -> None:
-    store = memory(max_bytes=1024)
-    a, b, c = weighing(400, "a"), weighing(400, "b"), weighing(400, "c")
+    store = memory(max_bytes=6000)
+    a, b, c = weighing(1500, "a"), weighing(1500, "b"), weighing(1500, "c")
     await store.set(a)
     await store.set(b)
-    assert store.bytes == 800
+    assert store.bytes == 3000
     assert await store.get(SCOPE, "a") == a  # a is used, so b goes first
+    assert store.bytes == hit_weight(a) + 1500
     await store.set(c)
     assert await store.get(SCOPE, "b") is None
-    assert await store.get(SCOPE, "a") == a
-    assert await store.get(SCOPE, "c") == c
-    assert len(store) == 2
-    assert store.bytes == 800
+    assert list(store._data) == ["a", "c"]
+    assert store.bytes == hit_weight(a) + 1500
+    assert await store.get(SCOPE, "c") == c  # c decoded no longer fits beside a: a goes
+    assert list(store._data) == ["c"]
+    assert store.bytes == hit_weight(c)
     # one record of exactly max_bytes pushes everything else out
-    big = weighing(1024, "big")
+    big = weighing(6000, "big")
     await store.set(big)
     assert len(store) == 1
-    assert store.bytes == 1024
-    assert await store.get(SCOPE, "big") == big
-    assert await store.get(SCOPE, "a") is None
-    assert await store.get(SCOPE, "c") is None
+    assert store.bytes == 6000
+    assert await store.get(SCOPE, "big") == big  # answered, but too heavy to keep decoded
+    assert len(store) == 0
+    assert store.bytes == 0
 
 
 async def test_memory_bytes_accounting(clock: Clock) -> None:
@@ -242,17 +259,19 @@ async def test_memory_bytes_accounting(clock: Clock) -> None:
     assert store.bytes == 0
 
 
-async def test_memory_weighs_records_as_serialised(clock: Clock) -> None:
-    """The weight is the serialised size, whatever the record holds beyond it, before and
-    after the entry is first read (and decoded)."""
+async def test_memory_weighs_records_as_serialised_then_as_hit(clock: Clock) -> None:
+    """Until its first hit an entry weighs its record's serialised size (plus the entry), from
+    then on what it holds decoded, whatever the record held when it was stored."""
     store = memory()
     record = rec("k", "some answer")
     record.rendered[:] = [b"h" * 1000, b"t" * 1000]  # the replay's render cache is not counted
     await store.set(record)
-    assert store.bytes == len(encode(record))
+    assert store.bytes == len(encode(record)) + stores.ENTRY_OVERHEAD
     hit = await store.get(SCOPE, "k")
     assert hit == record and hit.rendered == []  # the render cache is not stored either
-    assert store.bytes == len(encode(record))
+    assert store.bytes == hit_weight(record)
+    assert await store.get(SCOPE, "k") is hit
+    assert store.bytes == hit_weight(record)  # weighed once
 
 
 async def test_memory_drops_an_entry_that_does_not_decode(clock: Clock) -> None:
@@ -272,26 +291,61 @@ async def test_memory_drops_an_entry_that_does_not_decode(clock: Clock) -> None:
 
 
 async def test_memory_does_not_store_a_record_heavier_than_max_bytes(clock: Clock) -> None:
-    store = memory(max_bytes=1024)
+    store = memory(max_bytes=4096)
     small = rec("small", "s" * 10)
     await store.set(small)
-    await store.set(weighing(1025, "huge"))
+    await store.set(weighing(4097, "huge"))
     assert await store.get(SCOPE, "huge") is None
     assert await store.get(SCOPE, "small") == small  # nothing was evicted for it
     assert len(store) == 1
-    assert store.bytes == weight(small)
+    assert store.bytes == hit_weight(small)
 
 
 async def test_memory_a_record_too_heavy_to_store_drops_the_previous_one(clock: Clock) -> None:
-    store = memory(max_bytes=1024)
+    store = memory(max_bytes=4096)
     old, other = rec("k", "old"), rec("other", "o")
     await store.set(old)
     await store.set(other)
-    await store.set(weighing(1025, "k"))  # not stored, and the old entry for k is stale
+    await store.set(weighing(4097, "k"))  # not stored, and the old entry for k is stale
     assert await store.get(SCOPE, "k") is None
     assert await store.get(SCOPE, "other") == other
     assert len(store) == 1
-    assert store.bytes == weight(other)
+    assert store.bytes == hit_weight(other)
+
+
+@pytest.mark.parametrize("answer_chars", [0, 8000])
+async def test_memory_max_bytes_bounds_the_memory_the_store_holds(
+    clock: Clock, answer_chars: int
+) -> None:
+    """What a full store holds, as tracemalloc sees it, is within max_bytes, first with
+    entries never read, then with every entry hit and its reply rendered. (orjson's bytes
+    keep a buffer up to 8 times their length: held as such, 1 MiB of them held 8 MiB.)"""
+    max_bytes = 1024 * 1024
+    store = memory(max_bytes=max_bytes)
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(3 * max_bytes // (answer_chars + 500)):  # fills it three times over
+            key = hashlib.sha256(str(i).encode()).hexdigest()  # what exact keys are
+            scope = f"consumer:{'alice'}"  # a new string per entry, as for each request
+            await store.set(rec(key, format(i, "08") + "x" * answer_chars, scope=scope))
+        gc.collect()
+        held_cold = tracemalloc.get_traced_memory()[0] - before
+        for key in list(store._data):
+            record = store.peek(key)  # None when an earlier first hit has evicted it
+            if record is not None:
+                completion_body(record)  # the replay keeps the rendered body in the record
+        assert all(isinstance(item[2], CacheRecord) for item in store._data.values())
+        gc.collect()
+        held_hit = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    assert 0.75 * max_bytes <= held_cold <= max_bytes
+    assert 0.75 * max_bytes <= held_hit <= max_bytes
 
 
 # Keys differ between scopes, as exact keys do (the scope is hashed into them).
@@ -300,8 +354,9 @@ keys = st.tuples(st.sampled_from(["s1", "s2", "s3"]), st.sampled_from("abcdef"))
 )
 ops = st.lists(
     st.one_of(
-        # answers from 0 to 900 characters: records of ~330 to ~1230 bytes, around max_bytes
-        st.tuples(st.just("set"), keys, st.integers(0, 900), st.integers(1, 20)),
+        # answers from 0 to 2,500 characters: entries of ~840 to ~3,350 bytes, ~2,700 to
+        # ~7,700 once hit, around max_bytes
+        st.tuples(st.just("set"), keys, st.integers(0, 2500), st.integers(1, 20)),
         st.tuples(st.just("get"), keys),
         st.tuples(st.just("delete"), keys),
         st.tuples(st.just("purge"), keys),
@@ -319,13 +374,13 @@ async def test_memory_bounds_hold_under_any_operations(
     fake = Clock()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(stores, "time", SimpleNamespace(monotonic=fake))
-        store = memory(max_entries=max_entries, max_bytes=1024)
+        store = memory(max_entries=max_entries, max_bytes=6144)
         for op in ops:
             if op[0] == "set":
                 _, (scope, key), size, ttl = op
                 record = rec(key, key[-1] * size, ttl, scope)
                 await store.set(record)
-                if weight(record) <= 1024:
+                if weight(record) <= 6144:
                     # the record just written is always readable (it fits in max_bytes)
                     assert await store.get(scope, key) == record
                 else:
@@ -343,9 +398,9 @@ async def test_memory_bounds_hold_under_any_operations(
             else:
                 fake.now += op[1]
             assert len(store) <= max_entries
-            assert 0 <= store.bytes <= 1024
+            assert 0 <= store.bytes <= 6144
+            assert store.bytes == sum(charge(item[2]) for item in store._data.values())
             live = [held(item[2]) for item in store._data.values()]
-            assert store.bytes == sum(weight(r) for r in live)
             assert all(r.key == k for k, r in zip(store._data, live, strict=True))
             # the scope index holds exactly the live keys, and no empty scope
             by_scope: dict[str, set[str]] = {}
