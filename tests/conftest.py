@@ -6,6 +6,7 @@ conf.d YAML files written to a temporary directory, exactly as ``aigw -c`` would
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,6 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from aigw.app import create_app
 from aigw.config import load_config
+from aigw.ratelimit_log import RateLimitFilter
 from tests.fakes import FakeLLM
 from tests.redis_server import RedisServer
 
@@ -80,6 +82,19 @@ def provider_file(upstream: Upstream, **provider: Any) -> dict[str, Any]:
         **provider,
     }
     return {"plugin": "provider-proxy", "config": {"providers": [spec]}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with empty log rate limits: the loggers' filters are process-wide,
+    and one test's errors would otherwise silence the next one's."""
+    for name in ("aigw.provider_proxy", "aigw.http_errors", "aiohttp.server"):
+        logger = logging.getLogger(name)
+        fresh = [
+            RateLimitFilter(f.burst, f.period) if isinstance(f, RateLimitFilter) else f
+            for f in logger.filters
+        ]
+        monkeypatch.setattr(logger, "filters", fresh)
 
 
 @pytest.fixture

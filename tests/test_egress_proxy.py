@@ -220,3 +220,25 @@ async def test_base_url_credentials_through_the_proxy(
         f"{upstream.root_url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
     ]
     assert "b4sic-pw" not in caplog.text
+
+
+async def test_a_password_alone_in_base_url_is_credentials_too(
+    make_gateway: GatewayFactory,
+    upstream: Upstream,
+    forward_proxy: ForwardProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # https://:token@host: no user, a password. Left in the URL it was never sent by the lean
+    # client, and through a proxy aiohttp refused it beside the key's Authorization (a 500).
+    caplog.set_level(logging.INFO, logger="aigw")
+    base = upstream.base_url.replace("://", "://:t0ken-pw@")
+    for kind, expected in (
+        ("openai", "Bearer sk-upstream-secret"),  # the key's Authorization wins
+        ("azure", "Basic " + base64.b64encode(b":t0ken-pw").decode()),  # the key is api-key
+    ):
+        url = base if kind == "openai" else base.removesuffix("/v1")
+        conf = provider_file(upstream, type=kind, base_url=url, proxy=forward_proxy.url())
+        gw = await make_gateway({"90-provider-proxy.yaml": conf}, kind)
+        await chat(gw)
+        assert upstream.llm.last_call.headers["authorization"] == expected
+    assert "t0ken-pw" not in caplog.text

@@ -153,8 +153,10 @@ class MemoryStore:
         # held 8 times what it counted (#16).
         raw = memoryview(encode(record)).tobytes()
         size = len(raw) + ENTRY_OVERHEAD
-        if size > self.max_bytes:
-            return  # larger than the whole cache: not worth evicting everything for
+        if DECODED_FACTOR * len(raw) + DECODED_OVERHEAD > self.max_bytes:
+            # Larger than the whole cache once hit (its first hit would evict everything else,
+            # then itself): not kept.
+            return
         data = self._data
         data[key] = (time.monotonic() + record.ttl, size, raw, scope)
         self.bytes += size

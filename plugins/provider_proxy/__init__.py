@@ -179,7 +179,7 @@ class ProviderProxyPlugin:
         except TimeoutError as e:  # ReadTimeout
             raise UpstreamTimeout(f"upstream {target.provider} stalled mid-answer") from e
         except HTTPClientError as e:
-            raise failure(target.provider, "broke the answer", e) from e
+            raise failure(target.provider, "broke the answer", e, request_id=ctx.request_id) from e
         finally:
             resp.release()
         return Reply(

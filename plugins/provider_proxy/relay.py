@@ -74,7 +74,7 @@ async def relay_stream(
             f"upstream {provider} sent an SSE event larger than {err.limit} bytes"
         ) from err
     except HTTPClientError as err:
-        raise failure(provider, "broke the stream", err) from err
+        raise failure(provider, "broke the stream", err, request_id=ctx.request_id) from err
     raise UpstreamError(f"upstream {provider} ended the stream before [DONE]")
 
 

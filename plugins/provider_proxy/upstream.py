@@ -38,6 +38,7 @@ from aigw.http_client import (
     ReadTimeout,
     StaleConnection,
 )
+from aigw.ratelimit_log import RateLimitFilter
 from aigw.transport import (
     PooledTransport,
     ProxyTransport,
@@ -50,6 +51,8 @@ from .config import ProviderConfig
 from .egress import basic_auth, egress_proxy
 
 log = logging.getLogger("aigw.provider_proxy")
+# An upstream that is down fails (and retries) every request: a line a kind per 10 s is enough.
+log.addFilter(RateLimitFilter())
 
 _PATHS: dict[Api, str] = {
     "chat.completions": "/chat/completions",
@@ -73,13 +76,15 @@ class Upstream:
         self.name = cfg.name
         base = URL(cfg.url)
         #: The base URL, without the credentials it may have had (they are a header now).
-        self.base_url = cfg.url if base.user is None else str(base.with_user(None))
+        # A password alone (https://:token@host) is credentials too.
+        userinfo = base.user is not None or base.password is not None
+        self.base_url = str(base.with_user(None)) if userinfo else cfg.url
         # The headers each API key adds, with the provider's own and Content-Type.
         self._headers = []
         for key in cfg.keys or [""]:
             own = {**cfg.headers, "Content-Type": "application/json", **self._auth(key)}
-            if base.user is not None and "authorization" not in {n.lower() for n in own}:
-                own["Authorization"] = basic_auth(base.user, base.password)
+            if userinfo and "authorization" not in {n.lower() for n in own}:
+                own["Authorization"] = basic_auth(base.user or "", base.password)
             self._headers.append(own)
         self._turn = itertools.count()  # spreads requests over the keys
         #: The HTTP proxy requests leave through (its credentials are kept apart).
@@ -144,25 +149,30 @@ class Upstream:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             headers.update(self._headers[(first + attempt) % len(self._headers)])
+            rid = headers.get("x-request-id")  # the gateway's, for the log
             try:
                 resp = await transport.send(request)
             except ConnectTimeout as err:
                 if not last:
                     await self._backoff(attempt, None, f"connect timeout: {err}")
                     continue
-                raise failure(self.name, "did not answer in time", err, UpstreamTimeout) from err
+                raise failure(
+                    self.name, "did not answer in time", err, UpstreamTimeout, rid
+                ) from err
             except ReadTimeout as err:
-                raise failure(self.name, "did not answer in time", err, UpstreamTimeout) from err
+                raise failure(
+                    self.name, "did not answer in time", err, UpstreamTimeout, rid
+                ) from err
             except (ConnectError, StaleConnection) as err:
                 # The upstream cannot have processed the request: it never reached it.
                 if last:
-                    raise failure(self.name, "is unreachable", err) from err
+                    raise failure(self.name, "is unreachable", err, request_id=rid) from err
                 await self._backoff(attempt, None, f"connection error: {err}")
                 continue
             except HTTPClientError as err:
                 # The request was sent and the answer broke: the upstream may have processed
                 # (and billed) it, so it is not sent again.
-                raise failure(self.name, "broke the answer", err) from err
+                raise failure(self.name, "broke the answer", err, request_id=rid) from err
             if last or not self._retryable(resp):
                 return resp
             retry_after = _retry_after(resp)
@@ -184,13 +194,18 @@ class Upstream:
 
 
 def failure(
-    provider: str, what: str, err: Exception, kind: type[GatewayError] = UpstreamError
+    provider: str,
+    what: str,
+    err: Exception,
+    kind: type[GatewayError] = UpstreamError,
+    request_id: str | None = None,
 ) -> GatewayError:
     """The client's error (``kind``) for a call to ``provider`` that failed in the transport:
     ``"upstream <provider> <what>"``. The transport's own message, ``err``, names the
     upstream's host, port or address, which are the operator's business: it goes to the log
-    (a warning) and stays on the error's cause, never in the client's message."""
-    log.warning("upstream %s %s: %s", provider, what, err)
+    (a warning naming the request, rate-limited per kind: an upstream that is down fails
+    every request) and stays on the error's cause, never in the client's message."""
+    log.warning("request %s: upstream %s %s: %s", request_id, provider, what, err)
     return kind(f"upstream {provider} {what}")
 
 

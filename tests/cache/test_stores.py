@@ -229,14 +229,12 @@ async def test_memory_evicts_by_bytes(clock: Clock) -> None:
     assert await store.get(SCOPE, "c") == c  # c decoded no longer fits beside a: a goes
     assert list(store._data) == ["c"]
     assert store.bytes == hit_weight(c)
-    # one record of exactly max_bytes pushes everything else out
+    # a record that fits cold but not once hit is not kept: its first hit would have pushed
+    # everything else out, then itself
     big = weighing(6000, "big")
     await store.set(big)
-    assert len(store) == 1
-    assert store.bytes == 6000
-    assert await store.get(SCOPE, "big") == big  # answered, but too heavy to keep decoded
-    assert len(store) == 0
-    assert store.bytes == 0
+    assert await store.get(SCOPE, "big") is None
+    assert list(store._data) == ["c"] and store.bytes == hit_weight(c)
 
 
 async def test_memory_bytes_accounting(clock: Clock) -> None:
@@ -380,8 +378,8 @@ async def test_memory_bounds_hold_under_any_operations(
                 _, (scope, key), size, ttl = op
                 record = rec(key, key[-1] * size, ttl, scope)
                 await store.set(record)
-                if weight(record) <= 6144:
-                    # the record just written is always readable (it fits in max_bytes)
+                if hit_weight(record) <= 6144:
+                    # the record just written is always readable (it fits in max_bytes, hit)
                     assert await store.get(scope, key) == record
                 else:
                     assert await store.get(scope, key) is None
