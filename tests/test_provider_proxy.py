@@ -34,8 +34,9 @@ from aigw.http_client import (
     ResponseError,
     StaleConnection,
 )
+from aigw.mock_transport import MockHandler, MockResponse, MockTransport
 from aigw.plugins import load
-from aigw.transport import MockHandler, MockResponse, MockTransport, UpstreamRequest
+from aigw.transport import UpstreamRequest
 from tests.conftest import (
     UPSTREAM_KEY,
     Gateway,

@@ -24,9 +24,8 @@ from aigw.http_client import (
     ReadTimeout,
     ResponseError,
 )
+from aigw.mock_transport import MockResponse, MockTransport
 from aigw.transport import (
-    MockResponse,
-    MockTransport,
     PooledTransport,
     ProxyTransport,
     Transport,

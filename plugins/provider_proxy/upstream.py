@@ -67,7 +67,7 @@ class Upstream:
     """An HTTP upstream built from a :class:`ProviderConfig` (any type but ``mock``).
 
     :attr:`transport` carries its requests. :meth:`start` picks it unless one was set before
-    (a test's :class:`~aigw.transport.MockTransport`); a wrapper (tracing) may replace it
+    (a test's :class:`~aigw.mock_transport.MockTransport`); a wrapper (tracing) may replace it
     after start-up with one that calls the original.
     """
 
