@@ -17,12 +17,20 @@ Everything else uses aiohttp's public API (DESIGN.md §8). What is here, and why
   with ``benchmarks/paired.py`` (6 rounds) a shipped miss took 7% more CPU through aiohttp's
   path (ratio 0.931, 5 of 6 rounds below 1). Private: the app's request handler, replaced on
   the instance, and the request's match info, set as the router would.
-- :func:`install`: OpenAI-style replies for the errors aiohttp answers on its own (a request
-  it cannot parse, a handler that raised). aiohttp has no hook for those replies but
+- :func:`install`: the gateway's connection handler (:mod:`aigw.connections`: timeouts, the
+  connection limit) with OpenAI-style replies for the errors aiohttp answers on its own (a
+  request it cannot parse, a handler that raised). aiohttp has no hook for those replies but
   ``RequestHandler.handle_error`` (and, for the router's own 404 and 405 to targets it cannot
   route, such as ``OPTIONS *`` and ``CONNECT``'s, ``RequestHandler.finish_response``), and no
   public way to choose the ``RequestHandler`` class that a runner's (or a test server's) server
   makes: the app's server factory is wrapped.
+- :func:`message_queue` and :func:`parse_error`: the connection handler sees each head parsed
+  (its header timeout stops), and a request body whose chunked encoding breaks after its head
+  was handed to the handler (a malformed chunk size) is failed, so that the handler reading it
+  gets a 400 at once. aiohttp's C parser queues the error as a message of its own and never
+  tells the body it was feeding: the handler waited on it until the client left (its
+  pure-Python parser does fail the body). Private: the connection's queue of parsed messages,
+  and the type of the error messages in it.
 
 At import, :data:`PROBLEMS` lists what differs from what these need in the installed aiohttp
 (a name gone, a signature changed, a private attribute that no longer means what it did: each
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -48,6 +56,7 @@ from multidict import CIMultiDict
 try:
     from aiohttp.helpers import must_be_empty_body, rfc822_formatted_time
     from aiohttp.http_writer import _serialize_headers
+    from aiohttp.web_protocol import _ErrInfo
     from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
 except ImportError as err:  # nothing below may use them then: _check says why
     _IMPORT_ERROR: str | None = str(err)
@@ -101,6 +110,10 @@ def _check() -> list[str]:
     if "_read_bytes" not in getattr(web.BaseRequest, "ATTRS", ()):
         problems.append("web.BaseRequest has no _read_bytes")
     problems += _check_dispatch()
+    if "_messages" not in getattr(web.RequestHandler, "__slots__", ()):
+        problems.append("web.RequestHandler has no _messages")
+    if [a.name for a in getattr(_ErrInfo, "__attrs_attrs__", ())] != ["status", "exc", "message"]:
+        problems.append("aiohttp.web_protocol._ErrInfo holds something else")
     return problems
 
 
@@ -268,23 +281,48 @@ def dispatch(app: web.Application, paths: Collection[str]) -> bool:
     return True
 
 
+def message_queue(handler: web.RequestHandler) -> Sequence[tuple[Any, Any]]:
+    """The queue of messages ``handler``'s parser has parsed and its loop not yet taken (an
+    empty tuple, which never grows, when the fast paths are off). Made once per handler."""
+    if not FAST_PATHS_OK:
+        return ()
+    return handler._messages
+
+
+def parse_error(message: object) -> BaseException | None:
+    """The error a message that ``handler``'s parser queued (:func:`message_queue`) stands
+    for, when it is not a request (the parser failed), else ``None``."""
+    if not FAST_PATHS_OK or not isinstance(message, _ErrInfo):
+        return None
+    return message.exc
+
+
 class _Server(web.Server):
-    """aiohttp's server, making connection handlers of :attr:`handler_class`."""
+    """aiohttp's server, making connection handlers of :attr:`handler_class` with
+    :attr:`handler_kwargs` (the server's own, with :func:`install`'s on top)."""
 
     handler_class: type[web.RequestHandler] = web.RequestHandler
+    handler_kwargs: dict[str, Any] = {}
 
     def __call__(self) -> web.RequestHandler:
-        return self.handler_class(self, loop=self._loop, **self._kwargs)
+        return self.handler_class(self, loop=self._loop, **self.handler_kwargs)
 
 
-def install(app: web.Application, handler_class: type[web.RequestHandler]) -> None:
+def install(
+    app: web.Application,
+    handler_class: type[web.RequestHandler],
+    handler_kwargs: Mapping[str, Any] | None = None,
+) -> None:
     """At start-up: have the servers aiohttp makes for ``app`` (the CLI's runner, a test
-    server) use ``handler_class`` for their connections, or, when the fast paths are off, log
-    one warning that aigw takes aiohttp's public paths (and plain-text error replies)."""
+    server) use ``handler_class`` for their connections, made with ``handler_kwargs`` on top
+    of the server's own (``RequestHandler``'s public parameters, or the class's own); or,
+    when the fast paths are off, log one warning that aigw takes aiohttp's public paths
+    (plain-text error replies, and none of ``handler_class``'s behaviour)."""
     if not FAST_PATHS_OK:
         log.warning(
             "aiohttp %s is not as aigw expects (%s): aigw uses its public API only, which is "
-            "slower, and aiohttp's own plain-text replies to requests it cannot parse",
+            "slower, with aiohttp's own plain-text replies to requests it cannot parse and "
+            "without the gateway's connection timeouts and limit (aiohttp's keep-alive only)",
             aiohttp.__version__,
             "; ".join(PROBLEMS),
         )
@@ -298,7 +336,9 @@ def install(app: web.Application, handler_class: type[web.RequestHandler]) -> No
             return server
         # The server aiohttp built, made to build our handlers: its state stays as it is.
         server.__class__ = _Server
-        cast(_Server, server).handler_class = handler_class
+        ours = cast(_Server, server)
+        ours.handler_class = handler_class
+        ours.handler_kwargs = {**ours._kwargs, **(handler_kwargs or {})}
         return server
 
     # Set on the instance with object.__setattr__, which aiohttp's debug mode would otherwise
@@ -312,7 +352,7 @@ def install(app: web.Application, handler_class: type[web.RequestHandler]) -> No
 def _plain_errors(why: str) -> None:
     log.warning(
         "aiohttp %s is not as aigw expects (%s): aiohttp's own plain-text replies to "
-        "requests it cannot parse",
+        "requests it cannot parse, and none of the gateway's connection timeouts and limit",
         aiohttp.__version__,
         why,
     )

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import HttpVersion11, hdrs, web
 from pluggy import HookImpl
 
-from aigw import aiohttp_private, http_errors
+from aigw import aiohttp_private, connections, http_errors
 from aigw.config import Config
 from aigw.context import Api, Reply, RequestContext
-from aigw.errors import GatewayError, NotFound
+from aigw.errors import GatewayError, NotFound, drop_tracebacks
 from aigw.gateway import Gateway
 from aigw.ids import request_id
 from aigw.intake import read_payload
@@ -54,7 +54,8 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     loaded = loaded or load(config)
     runtime = Runtime(config)
     gateway = runtime.gateway
-    pipeline = Pipeline(loaded, _body_reader(config.gateway.max_body_bytes, loaded))
+    g = config.gateway
+    pipeline = Pipeline(loaded, _body_reader(g.max_body_bytes, g.body_timeout_s, loaded))
     responses = ResponsePhase(loaded)
     app = web.Application(client_max_size=config.gateway.max_body_bytes)
     app[RUNTIME] = runtime
@@ -69,7 +70,7 @@ def create_app(config: Config, loaded: LoadedPlugins | None = None) -> web.Appli
     app.router.add_route("*", "/readyz", readyz, expect_handler=_expect)
     app.router.add_route("*", "/{tail:.*}", _not_found, expect_handler=_expect)
     aiohttp_private.dispatch(app, API_ROUTES.keys())
-    http_errors.install(app)
+    connections.install(app, runtime.connections)
     app.on_response_prepare.append(_ensure_request_id)
     app.cleanup_ctx.append(_clients_ctx(runtime))
     starts = {i.plugin_name: i for i in loaded.pm.hook.startup.get_hookimpls()}
@@ -85,6 +86,7 @@ def _api_handler(
 ) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         ctx = RequestContext(request=request, request_id=request_id(request.headers), api=api)
+        escaped = False
         try:
             if request.method == method:
                 reply = await pipeline.run_request(ctx)
@@ -99,10 +101,17 @@ def _api_handler(
             responses.abandon(ctx, err)
             if not isinstance(err, asyncio.CancelledError):
                 http_errors.keep_id(request, ctx.request_id)
+                escaped = True  # then ctx.error is err, whose traceback aiohttp logs
             raise
         finally:
             ctx.finished_at = time.perf_counter()
-            await pipeline.log(ctx)
+            try:
+                await pipeline.log(ctx)
+            finally:
+                # Logged: the error's frames (holding ctx, and the body) can go now, by
+                # reference counting, rather than at the collector's next full pass.
+                if ctx.error is not None and not escaped:
+                    drop_tracebacks(ctx.error)
 
     return handle
 
@@ -117,15 +126,17 @@ def _not_allowed(request: web.Request, method: str) -> GatewayError:
     )
 
 
-def _body_reader(max_body: int, loaded: LoadedPlugins) -> ReadBody:
-    """The core's step of the request phase: read and validate the body, and resolve the
-    target with the terminal plugin (an unknown model is a 404)."""
+def _body_reader(max_body: int, timeout_s: float, loaded: LoadedPlugins) -> ReadBody:
+    """The core's step of the request phase: read and validate the body (``max_body`` bytes at
+    most, whole within ``timeout_s`` of the request's head: ``gateway.max_body_bytes`` and
+    ``body_timeout_s``), and resolve the target with the terminal plugin (an unknown model is
+    a 404)."""
     terminal = loaded.terminal
 
     async def read_body(ctx: RequestContext) -> None:
         if ctx.api is None:
             return
-        await read_payload(ctx, max_body)
+        await read_payload(ctx, max_body, timeout_s)
         ctx.target = terminal.resolve_target(ctx.model)
         if ctx.target is None:
             raise NotFound(

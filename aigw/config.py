@@ -41,6 +41,17 @@ class GatewaySettings(Settings):
     (SO_REUSEPORT). ``max_body_bytes``: request body limit (413 above it).
     ``shutdown_timeout_s``: how long the whole shutdown may take (in-flight requests get half).
     ``log_level``: Python logging level name.
+
+    Slow and idle clients: ``header_timeout_s``: a request's head (request line and headers)
+    must be complete within this of the connection opening, or of its first byte on a kept-alive
+    connection (408 and close, or a silent close if nothing came). ``body_timeout_s``: its body
+    must have arrived whole within this of its head (408 and close). ``idle_timeout_s``: a
+    kept-alive connection whose next request head is not complete this long after the last
+    response is closed, and so is one whose client reads none of its response for this long
+    (keep it above the idle timeout of a load balancer in front).
+    ``max_connections``: open client connections per process; beyond it a new connection is
+    answered 503 and closed. Unset: derived from the process's file-descriptor limit (each
+    client connection may need an upstream one too). See :mod:`aigw.connections`.
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +59,10 @@ class GatewaySettings(Settings):
     workers: int = Field(1, ge=1, le=256)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
+    header_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    idle_timeout_s: float = Field(75.0, gt=0)
+    max_connections: int | None = Field(None, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

@@ -114,3 +114,22 @@ def error_body(message: str, type: str, code: str | None = None, param: str | No
     except orjson.JSONEncodeError:
         err["message"] = message.encode("utf-8", "backslashreplace").decode()
         return orjson.dumps({"error": err})
+
+
+def drop_tracebacks(err: BaseException | None) -> None:
+    """Let the frames ``err`` was raised through go: clear the traceback of ``err`` and of every
+    exception chained to it, and forget a context that ``raise ... from None`` suppressed.
+
+    For an error kept after its request (``ctx.error``) once it has been logged: its traceback
+    holds the frames it passed through, whose locals include the request's context, which holds
+    the error (a reference cycle), and its body. Only the garbage collector frees a cycle, and
+    late: twenty 7 MB bad-JSON requests kept 305 MB resident. A suppressed context is never
+    shown, and may be large (orjson's ``JSONDecodeError.doc`` is the whole body, as a str).
+    """
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        if err.__suppress_context__:
+            err.__context__ = None
+        err = err.__cause__ or err.__context__

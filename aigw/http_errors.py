@@ -18,7 +18,7 @@ is an ERROR with its traceback. aiohttp's own ``aiohttp.server`` logger is rate-
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from http import HTTPStatus
 from typing import Any
 
@@ -70,7 +70,7 @@ def status_for(err: Exception) -> int:
     return 504 if isinstance(err, TimeoutError) else 500
 
 
-class _Handler(web.RequestHandler):
+class ErrorReplies(web.RequestHandler):
     """aiohttp's connection handler, with OpenAI-style error replies."""
 
     def handle_error(
@@ -94,11 +94,11 @@ class _Handler(web.RequestHandler):
         err: GatewayError
         if status >= 500:
             # Never the exception's text: it may hold anything (a traceback in debug mode).
-            text = "internal error in the gateway" if status == 500 else _phrase(status)
+            text = "internal error in the gateway" if status == 500 else phrase(status)
             err = GatewayError(text, status=status, type="server_error")
         else:
             err = BadRequest(
-                f"The HTTP request could not be read: {message or _phrase(status)}",
+                f"The HTTP request could not be read: {message or phrase(status)}",
                 status=status,
                 code="invalid_http_request",
             )
@@ -128,14 +128,20 @@ class _Handler(web.RequestHandler):
     ) -> Coroutine[Any, Any, tuple[web.StreamResponse, bool]]:
         # Not a coroutine function: it hands aiohttp's coroutine back, so that every request
         # does not pay a coroutine frame for what few requests need (a router's own error).
-        if isinstance(resp, web.HTTPException) and isinstance(request, web.Request):
-            resp = _unrouted(request, resp)
-        return super().finish_response(request, resp, start_time)
+        return super().finish_response(request, routed(request, resp), start_time)
 
 
 # What the gateway answers OPTIONS with a target of "*" (the server as a whole): the methods
 # its own routes take.
 _SERVER_ALLOW = "GET, HEAD, POST"
+
+
+def routed(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
+    """``resp``, or the gateway's reply in its stead when it is the router's own plain-text
+    error (:func:`_unrouted`)."""
+    if isinstance(resp, web.HTTPException) and isinstance(request, web.Request):
+        return _unrouted(request, resp)
+    return resp
 
 
 def _unrouted(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
@@ -174,17 +180,25 @@ def _unrouted(request: web.Request, exc: web.HTTPException) -> web.StreamRespons
     return error_response(err)
 
 
-def _phrase(status: int) -> str:
+def phrase(status: int) -> str:
+    """The reason phrase of ``status`` (``HTTP 599`` for one that has none)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:
         return f"HTTP {status}"
 
 
-def install(app: web.Application) -> None:
+def install(
+    app: web.Application,
+    handler_class: type[ErrorReplies] | None = None,
+    handler_kwargs: Mapping[str, Any] | None = None,
+) -> None:
     """Have the servers aiohttp makes for ``app`` (the CLI's runner, a test server) answer
     their own errors in OpenAI's shape with an ``x-request-id``: through
     :mod:`aigw.aiohttp_private`, as aiohttp has no public way to; where it cannot, they keep
-    aiohttp's plain-text replies (and a warning says so at start-up)."""
-    logging.getLogger("aiohttp.server").addFilter(_AIOHTTP_LIMIT)
-    aiohttp_private.install(app, _Handler)
+    aiohttp's plain-text replies (and a warning says so at start-up). ``handler_class`` (a
+    subclass of :class:`ErrorReplies`) and ``handler_kwargs`` go to
+    :func:`aigw.aiohttp_private.install` (:mod:`aigw.connections` passes its own)."""
+    if _AIOHTTP_LIMIT not in logging.getLogger("aiohttp.server").filters:
+        logging.getLogger("aiohttp.server").addFilter(_AIOHTTP_LIMIT)
+    aiohttp_private.install(app, handler_class or ErrorReplies, handler_kwargs)

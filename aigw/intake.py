@@ -1,12 +1,17 @@
 """Reading and validating an OpenAI API request before the plugins see it.
 
 Bad input never reaches a plugin and never produces a traceback: each problem raises a
-:class:`~aigw.errors.GatewayError` with OpenAI's error shape and the right status (400, 413,
-415), naming the offending ``param``.
+:class:`~aigw.errors.GatewayError` with OpenAI's error shape and the right status (400, 408,
+413, 415), naming the offending ``param``. A body that does not arrive whole within
+``gateway.body_timeout_s`` of the request's head is a 408, logged as one rate-limited INFO line
+on ``aigw.intake``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 import orjson
@@ -16,8 +21,13 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aigw import aiohttp_private
 from aigw.context import Api, RequestContext
 from aigw.errors import BadRequest, GatewayError, PayloadTooLarge
+from aigw.ratelimit_log import RateLimitFilter
+
+log = logging.getLogger("aigw.intake")
+log.addFilter(RateLimitFilter())
 
 _MAX_DEPTH = 253  # orjson.dumps refuses 254 levels and more
+_MAX_REASON = 300  # characters of aiohttp's message about an unreadable body
 
 _REQUIRED: dict[Api, str] = {
     "chat.completions": "messages",
@@ -26,8 +36,12 @@ _REQUIRED: dict[Api, str] = {
 }
 
 
-async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
-    """Read the body once, parse it and fill ``ctx.body``, ``payload``, ``model``, ``stream``."""
+async def read_payload(ctx: RequestContext, max_bytes: int, timeout_s: float = 60.0) -> None:
+    """Read the body once, parse it and fill ``ctx.body``, ``payload``, ``model``, ``stream``.
+
+    The body must have arrived whole ``timeout_s`` after the request's head
+    (``ctx.started_at``): else 408, and the connection is closed (see :func:`_timed_out`).
+    """
     request = ctx.request
     ctype = request.headers.get("Content-Type")
     # The exact header is by far the most common: no need to parse it then.
@@ -46,7 +60,14 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
         # read()'s two awaited reads and copy (aigw.aiohttp_private says what that saves).
         body = aiohttp_private.take_body(request)
         if body is None:
-            body = await request.read()  # which checks the size as it reads
+            # Still arriving: a client sending it slowly (or not at all) must not hold the
+            # connection, its buffers and this coroutine for ever.
+            left = ctx.started_at + timeout_s - time.perf_counter()
+            try:
+                async with asyncio.timeout(left):
+                    body = await request.read()  # which checks the size as it reads
+            except TimeoutError:
+                raise _timed_out(ctx, timeout_s) from None
         elif len(body) > max_bytes:  # chunked: no Content-Length to check beforehand
             raise _too_large(max_bytes)
     except web.HTTPRequestEntityTooLarge:
@@ -88,10 +109,35 @@ async def read_payload(ctx: RequestContext, max_bytes: int) -> None:
 
 
 def _reason(err: Exception) -> str:
-    """The client-facing part of a body error: aiohttp's message, without its status code."""
+    """The client-facing part of a body error: aiohttp's message, without its status code, on
+    one line and bounded (the parser's message quotes the client's bytes, over several lines)."""
     cause = err.__cause__ if isinstance(err, web.RequestPayloadError) else err
     message = getattr(cause, "message", None) or str(err) or type(err).__name__
-    return str(message).strip()
+    return " ".join(str(message).split())[:_MAX_REASON]
+
+
+def _timed_out(ctx: RequestContext, timeout_s: float) -> GatewayError:
+    """The 408 for a body that did not arrive in time, closing the connection.
+
+    The rest of the body is left unread: a reply sent before the body's end is the connection
+    handler's to finish (:mod:`aigw.connections`: what still arrives is dropped, the
+    connection half-closed).
+    """
+    request = ctx.request
+    log.info(
+        "request %s: answered 408 to %s: the body did not arrive within %gs",
+        ctx.request_id,
+        request.remote,
+        timeout_s,
+        extra={"ratelimit_key": "body_timeout"},
+    )
+    return GatewayError(
+        f"The request body did not arrive within {timeout_s:g} seconds",
+        status=408,
+        type="invalid_request_error",
+        code="request_timeout",
+        headers={"Connection": "close"},
+    )
 
 
 def _too_large(limit: int) -> GatewayError:

@@ -150,8 +150,12 @@ class ResponsePhase:
         except ValueError as err:  # a plugin's reply aiohttp refuses (a Content-Type header)
             resp = _error_response(ctx, err, f"building {ctx.replied_by}'s reply")
         status = resp.status
-        if status >= 400 and "close" in resp.headers.get(hdrs.CONNECTION, "").lower():
-            resp.force_close()  # an error that ends the connection (a body that cannot be read)
+        if (
+            status >= 400 and "close" in resp.headers.get(hdrs.CONNECTION, "").lower()
+        ) or not ctx.request.content.is_eof():
+            # An error that ends the connection (a body that cannot be read), or a reply before
+            # the body was read whole: the rest of it is not read (aigw.connections).
+            resp.force_close()
         ctx.first_byte_at = time.perf_counter()
         try:
             try:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from aigw.config import Config
+from aigw.connections import ConnectionPolicy
 from aigw.gateway import Gateway
 from aigw.http_client import HTTPClient
 
@@ -26,7 +27,8 @@ class Runtime:
 
     ``session`` and ``client`` exist between :meth:`open` and :meth:`close`; ``tasks`` holds
     what :meth:`spawn` started until it ends; ``shutdown_deadline`` is the event-loop time by
-    which shutdown must be over (``None`` until the stop signal).
+    which shutdown must be over (``None`` until the stop signal); ``connections`` keeps the
+    client connections to the server settings.
     """
 
     def __init__(self, config: Config) -> None:
@@ -36,6 +38,7 @@ class Runtime:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.shutdown_deadline: float | None = None
         self.gateway = Gateway(config, self)
+        self.connections = ConnectionPolicy(config.gateway, self.gateway.counters)
 
     def open(self) -> None:
         """Create the shared session and client (on start-up, in the loop)."""

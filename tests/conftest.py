@@ -88,7 +88,13 @@ def provider_file(upstream: Upstream, **provider: Any) -> dict[str, Any]:
 def fresh_log_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with empty log rate limits: the loggers' filters are process-wide,
     and one test's errors would otherwise silence the next one's."""
-    for name in ("aigw.provider_proxy", "aigw.http_errors", "aiohttp.server"):
+    for name in (
+        "aigw.provider_proxy",
+        "aigw.http_errors",
+        "aiohttp.server",
+        "aigw.connections",
+        "aigw.connections.fds",
+    ):
         logger = logging.getLogger(name)
         fresh = [
             RateLimitFilter(f.burst, f.period) if isinstance(f, RateLimitFilter) else f

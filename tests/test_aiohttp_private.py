@@ -23,8 +23,7 @@ from tests.test_bad_input import CHAT_BODY, raw_exchange
 from tests.test_whole_response import _exchange, _without_date
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-# A string: TestClient is generic only from aiohttp 3.11 on (the floor is 3.10).
-ClientFactory = Callable[[web.Application], Awaitable["TestClient[Any, Any]"]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture

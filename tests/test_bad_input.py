@@ -255,7 +255,7 @@ async def test_parse_error_messages_are_bounded_and_always_encodable() -> None:
     # The parser quotes the client's bytes in its message; aiohttp's pure-Python parser keeps
     # undecodable ones as surrogates, which no UTF-8 reply can carry as they are.
     server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
-    handler = http_errors._Handler(server, loop=asyncio.get_running_loop())
+    handler = http_errors.ErrorReplies(server, loop=asyncio.get_running_loop())
     request = make_mocked_request("POST", "/v1/chat/completions", writer=mock.Mock(output_size=0))
     resp = handler.handle_error(request, 400, None, "Invalid chunk size: \udcff" + "x" * 5000)
     assert isinstance(resp, web.Response) and resp.status == 400
@@ -317,7 +317,7 @@ async def test_a_client_error_is_one_info_line_and_a_bug_keeps_its_traceback(
 ) -> None:
     monkeypatch.setattr(http_errors.log, "filters", [RateLimitFilter()])
     server = web.Server(lambda request: None)  # type: ignore[arg-type,return-value]
-    handler = http_errors._Handler(server, loop=asyncio.get_running_loop())
+    handler = http_errors.ErrorReplies(server, loop=asyncio.get_running_loop())
     request = make_mocked_request("POST", CHAT, writer=mock.Mock(output_size=0))
     with caplog.at_level(logging.DEBUG):
         handler.handle_error(request, 400, ValueError("bad line"), "Invalid method:\n\n x")

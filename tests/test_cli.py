@@ -81,7 +81,9 @@ def test_check_prints_pipeline_and_providers(
     root = write_conf(
         tmp_path / "conf.d",
         {
-            "00-gateway.yaml": {"gateway": {"port": 8181, "workers": 2}},
+            "00-gateway.yaml": {
+                "gateway": {"port": 8181, "workers": 2, "header_timeout_s": 5, "max_connections": 9}
+            },
             "20-skip-header.yaml": {"plugin": "skip-header"},
             "90-provider-proxy.yaml": {
                 "plugin": "provider-proxy",
@@ -94,6 +96,8 @@ def test_check_prints_pipeline_and_providers(
     assert f"{root} is valid" in out
     assert "127.0.0.1:8181" in line_of(out, "listen:")
     assert "workers: 2" in line_of(out, "listen:")
+    assert "a request head within 5s, its body within 60s" in line_of(out, "clients:")
+    assert line_of(out, "max connections").endswith(": 9")
     skip = line_of(out, "skip-header")
     proxy = line_of(out, "provider-proxy  [terminal]")
     assert skip.strip().startswith("1. skip-header")

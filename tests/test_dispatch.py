@@ -19,8 +19,7 @@ from tests.conftest import Gateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "dispatch?"}]}
 
-# A string: TestClient is generic only from aiohttp 3.11 on (the floor is 3.10).
-ClientFactory = Callable[[web.Application], Awaitable["TestClient[Any, Any]"]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 async def api(request: web.Request) -> web.Response:
