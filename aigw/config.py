@@ -47,8 +47,8 @@ class GatewaySettings(Settings):
     connection (408 and close, or a silent close if nothing came). ``body_timeout_s``: its body
     must have arrived whole within this of its head (408 and close). ``idle_timeout_s``: a
     kept-alive connection whose next request head is not complete this long after the last
-    response is closed, and so is one whose client reads none of its response for this long
-    (keep it above the idle timeout of a load balancer in front).
+    response is closed, and so is one whose client reads nothing more of its response for this
+    long (keep it above the idle timeout of a load balancer in front).
     ``max_connections``: open client connections per process; beyond it a new connection is
     answered 503 and closed. Unset: derived from the process's file-descriptor limit (each
     client connection may need an upstream one too). See :mod:`aigw.connections`.

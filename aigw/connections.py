@@ -16,7 +16,7 @@ settings:
   a client's spare connection, which a reply would confuse).
 - ``idle_timeout_s``: a kept-alive connection whose next request head is not complete this
   long after the last response is closed (aiohttp's ``keepalive_timeout``), and so is one
-  whose client reads none of its response for this long (the gateway's writes held back). It
+  whose client reads nothing more of its response for this long (writes held back). It
   should outlast the idle timeout of a load balancer in front (60 s for AWS's), so that the
   balancer, not the gateway, closes idle connections: otherwise it may send a request on a
   connection the gateway is closing.
@@ -53,8 +53,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import resource
+import sys
+import termios
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -85,6 +88,8 @@ _RESERVED_FDS = 64
 _FD_HEADROOM = 16
 # The connection limit's warning is not repeated until the count fell this far below it.
 _HYSTERESIS = 0.9
+# The ioctl that tells how much of a socket's output the peer has not acknowledged (Linux).
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 # Refused connections that may linger (reading their request, so that the client reads the
 # 503) at once; beyond it they are closed at once: half the descriptors kept in reserve.
 _MAX_LINGERING_REFUSALS = _RESERVED_FDS // 2
@@ -213,6 +218,7 @@ class Connection(http_errors.ErrorReplies):
         self._gw_timer: asyncio.TimerHandle | None = None
         self._gw_linger: asyncio.TimerHandle | None = None
         self._gw_stalled: asyncio.TimerHandle | None = None
+        self._gw_unsent = 0  # bytes waiting to be sent when writing was last seen held back
         self._gw_loop = loop
         self._gw_messages = aiohttp_private.message_queue(self)
 
@@ -256,7 +262,9 @@ class Connection(http_errors.ErrorReplies):
             # Dropped, however much: it holds no memory, and the linger bounds it in time.
             self._gw_discarded += len(data)
             return
-        if not self._gw_awaiting_head:
+        if not data:
+            pass  # aiohttp re-parsing what it holds (after a pause): no bytes came
+        elif not self._gw_awaiting_head:
             body = self._gw_body
             if body is not None and body.is_eof() and not self._gw_head_deadline:
                 # Past the request's body: the next request's head, pipelined.
@@ -277,8 +285,9 @@ class Connection(http_errors.ErrorReplies):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        # The client is not reading what it asked for: it may not hold the connection (and
-        # the response's buffers) for ever.
+        # The client is not keeping up with what it asked for: it may read slowly, but it may
+        # not stop reading and hold the connection (and the response's buffers) for ever.
+        self._gw_unsent = self._unsent()
         self._gw_stalled = self._gw_loop.call_later(
             self._gw_policy.idle_timeout, self._write_stalled
         )
@@ -289,13 +298,37 @@ class Connection(http_errors.ErrorReplies):
             self._gw_stalled = None
         super().resume_writing()
 
+    def _unsent(self) -> int:
+        """The bytes of the response not yet taken by the client: in the transport's buffer,
+        and in the kernel's send queue (sent but not acknowledged, or not sent: Linux's
+        ``SIOCOUTQ``), which drains as the client reads while the transport's buffer may not
+        move for a while (the kernel wakes writers only once a third of its buffer is free)."""
+        transport = self.transport
+        if transport is None:
+            return 0
+        unsent = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and _OUTQ is not None:
+            with contextlib.suppress(OSError, ValueError):
+                queued = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+                unsent += int.from_bytes(queued, sys.byteorder)
+        return unsent
+
     def _write_stalled(self) -> None:
         self._gw_stalled = None
+        unsent = self._unsent()
         policy = self._gw_policy
+        if unsent < self._gw_unsent:
+            # The client read some (the kernel took more of what waits): it is slow, not gone.
+            # (Writing resumes only once nearly all of it is sent, which a slow reader of a
+            # large answer takes longer than this to reach.)
+            self._gw_unsent = unsent
+            self._gw_stalled = self._gw_loop.call_later(policy.idle_timeout, self._write_stalled)
+            return
         policy.counters.inc("connections", "send_timeout")
         peer = self.transport.get_extra_info("peername") if self.transport else None
         log.info(
-            "connection from %s closed: it read none of its response for %gs",
+            "connection from %s closed: it read nothing more of its response for %gs",
             _host(peer),
             policy.idle_timeout,
         )

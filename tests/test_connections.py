@@ -348,6 +348,53 @@ async def test_a_client_that_does_not_read_its_response_is_closed(
     writer.close()
 
 
+async def test_a_client_reading_a_large_answer_slowly_gets_all_of_it(
+    make_gateway: GatewayFactory,
+) -> None:
+    # Writing resumes only once nearly all that waits is sent: a slow but steady reader of a
+    # large answer stays held back longer than idle_timeout_s, and was cut off.
+    gw = await make_gateway(
+        {"00-gateway.yaml": {"gateway": {"idle_timeout_s": 0.2}}, "90-p.yaml": MOCK_PROXY}
+    )
+    url = gw.server.make_url("/")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    question = "x" * (6 << 20)
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": question}]})
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), PROMPT_S)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    received = 0
+    async with asyncio.timeout(30):
+        while received < length:
+            data = await reader.read(64 << 10)
+            assert data, f"cut off after {received} of {length} bytes"
+            received += len(data)
+            await asyncio.sleep(0.02)  # the client's pace: at most 3.2 MB/s
+    assert policy(gw).counters.get("connections", "send_timeout") == 0
+    writer.close()
+
+
+async def test_pipelined_requests_then_idle_are_not_answered_408(
+    make_gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    # aiohttp 3.14 pauses reading once 32 requests are queued and re-parses with no bytes when
+    # it resumes, which looked like the first bytes of another head.
+    gw = await start(make_gateway, upstream, header_timeout_s=0.3, idle_timeout_s=1)
+    reader, writer = await connect(gw)
+    writer.write(HEALTHZ * 32)
+    for _ in range(32):
+        assert (await read_reply(reader))[0] == 200
+    assert await closed(reader, PROMPT_S)  # at the idle timeout, with nothing sent
+    writer.close()
+
+
 async def test_a_body_read_whole_keeps_the_connection(
     make_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
