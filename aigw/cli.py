@@ -2,7 +2,9 @@
 
 ``aigw -c conf.d [--host H] [--port P] [--workers N] [--log-level L]`` serves;
 ``aigw check -c conf.d`` validates and prints the effective pipeline without serving;
-``aigw --version``. With ``--workers N`` the parent starts N processes that share the port
+``aigw eval -c conf.d PAIRS.tsv`` replays labelled question pairs through the semantic cache's
+embedder and guard and prints hit and false-hit rates per threshold; ``aigw --version``. With
+``--workers N`` the parent starts N processes that share the port
 through SO_REUSEPORT; state that must be shared between them lives in Redis and the vector DB.
 ``--port 0`` listens on a free port (one for all the workers); every process logs the address
 it serves on.
@@ -41,6 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
     parser.add_argument("--workers", type=int, help="worker processes (overrides gateway.workers)")
     parser.add_argument(
+        "pairs",
+        nargs="?",
+        help="eval: a TSV of labelled pairs (cached, new, should_hit[, kind, lang])",
+    )
+    parser.add_argument(
+        "--max-false-hits",
+        type=float,
+        default=0.05,
+        help="eval: the false-hit rate the best threshold must keep within (default 0.05)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="overrides gateway.log_level",
@@ -52,13 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aigw`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = "serve"
-    if args and args[0] in {"check", "serve"}:
+    if args and args[0] in {"check", "serve", "eval"}:
         command = args.pop(0)
-    opts = _parser().parse_args(args)
+    parser = _parser()
+    opts = parser.parse_args(args)
+    if opts.pairs in {"check", "serve", "eval"}:
+        parser.error(f"the command comes first: aigw {opts.pairs} -c DIR ...")
+    if (opts.pairs is None) == (command == "eval"):
+        parser.error("a PAIRS file is what `aigw eval` takes, and only it")
+    if not 0 <= opts.max_false_hits <= 1:
+        parser.error("--max-false-hits is a rate, between 0 and 1")
     try:
         config = _load(opts)
         if command == "check":
             print(describe(config))
+            return 0
+        if command == "eval":
+            print(evaluate(config, opts.pairs, opts.max_false_hits))
             return 0
         _setup_logging(config.gateway.log_level)
         return serve(config)
@@ -112,11 +135,37 @@ def describe(config: Config) -> str:
         if name == pipeline.body_read_before:
             lines.append("  -- the request body is read and its model resolved --")
         lines.append(f"  {i + 1}. {name}{mark}  ({entry.file.name}; hooks: {', '.join(hooks)})")
+        describe_plugin = None if mark else getattr(plugin, "describe", None)
+        if describe_plugin is not None:
+            lines.extend(f"       {line}" for line in describe_plugin())
     describe_terminal = getattr(loaded.terminal, "describe", None)
     if describe_terminal is not None:
         lines.append("providers:")
         lines.extend(f"  {line}" for line in describe_terminal())
     return "\n".join(lines)
+
+
+def evaluate(config: Config, pairs_file: str, max_false_hits: float) -> str:
+    """``aigw eval``: the semantic cache's hit and false-hit rates on a labelled file, per
+    threshold, the best threshold within ``max_false_hits``, and the pairs decided wrongly at
+    the configured threshold."""
+    from aigw.plugins import load
+    from aigw.semantic.evaluate import load_pairs, render
+
+    loaded = load(config)
+    plugin: Any = dict(loaded.order).get("semantic-cache")
+    if plugin is None:
+        raise ConfigError(f"{config.source}: no semantic-cache plugin to evaluate")
+    try:
+        pairs = load_pairs(pairs_file)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{pairs_file}: {err}") from None
+    if not pairs:
+        raise ConfigError(f"{pairs_file}: no pairs")
+    report = asyncio.run(plugin.evaluate(pairs))
+    threshold = plugin.config.threshold
+    head = f"{config.source}: {plugin.embedder.model}, threshold {threshold:g}, {pairs_file}"
+    return head + "\n" + render(report, threshold, max_false_hits)
 
 
 def _setup_logging(level: str) -> None:

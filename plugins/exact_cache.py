@@ -36,13 +36,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import ConfigDict, Field
 
 from aigw import Degraded, hookimpl
+from aigw.cache.cacheable import request_key, uncacheable_answer
 from aigw.cache.failopen import FailureLog
-from aigw.cache.key import DEFAULT_KEY_FROM, CacheKey, Strategy, cache_key
+from aigw.cache.key import DEFAULT_KEY_FROM, CacheKey, Strategy
 from aigw.cache.record import CacheRecord, InvalidRecord, make_record
 from aigw.cache.redis_store import RedisStore, RedisStoreConfig
 from aigw.cache.replay import replay
@@ -90,38 +91,6 @@ class _State:
     leading: bool = False
     #: The answer went to the write-back, which lands the flight when done.
     writing: bool = False
-
-
-def uncacheable_request(payload: dict[str, Any]) -> str | None:
-    """Why a request's answer cannot be cached, or ``None``."""
-    n = payload.get("n")
-    if n is not None and n != 1:
-        return "n > 1"
-    if payload.get("logprobs") or payload.get("top_logprobs"):
-        return "logprobs are not stored"
-    return None
-
-
-def uncacheable_answer(ctx: RequestContext, allow_tool_calls: bool) -> str | None:
-    """Why the answer may not be stored, or ``None`` when it may."""
-    if ctx.status != 200:
-        return f"status {ctx.status}"
-    completion = ctx.completion
-    if completion is None:
-        return "incomplete answer"
-    choices = completion.get("choices") or []
-    if len(choices) != 1:
-        return "not exactly one choice"
-    finish = choices[0].get("finish_reason")
-    message = choices[0].get("message") or {}
-    # Some servers end a forced tool call with finish_reason "stop": look at the message too.
-    if (finish == "tool_calls" or message.get("tool_calls")) and not allow_tool_calls:
-        return "tool calls (cache_tool_calls is off)"
-    if finish not in ("stop", "tool_calls"):
-        return f"finish_reason {finish!r}"
-    if not (message.get("content") or message.get("tool_calls") or message.get("refusal")):
-        return "empty answer"
-    return None
 
 
 async def _check_memory_limit(store: RedisStore) -> None:
@@ -198,17 +167,9 @@ class ExactCachePlugin:
         if ctx.api != "chat.completions":
             return None
         cfg = self.config
-        if not (ctx.cache_lookup or ctx.cache_store):
-            self._skip(ctx, "skipped by the request")
-            return None
-        why_not = uncacheable_request(ctx.payload)
-        if why_not is not None:
-            self._skip(ctx, why_not)
-            return None
-        scope = "shared" if cfg.scope == "shared" else f"consumer:{ctx.consumer or ''}"
-        key = cache_key(ctx, scope, cfg.key_strategy, cfg.key_from)
-        if key is None:
-            self._skip(ctx, "nothing to key on")
+        key = request_key(ctx, cfg.scope, cfg.key_strategy, cfg.key_from)
+        if isinstance(key, str):
+            self._skip(ctx, key)
             return None
         state = ctx.scratch[NAME] = _State(key, key.exact[:16], ctx.target)
         if not ctx.cache_lookup:

@@ -36,7 +36,7 @@ import orjson
 
 from aigw.context import RequestContext
 
-KEY_VERSION: Final = 3
+KEY_VERSION: Final = 4
 Strategy = Literal["conversation", "lastQuestion", "allQuestions", "disabled"]
 DEFAULT_KEY_FROM: Final = "messages.@reverse.0.content"
 
@@ -93,7 +93,14 @@ def _pick(payload: dict[str, Any], strategy: Strategy, key_from: str) -> tuple[A
     is ``None`` when there is nothing to key on."""
     if strategy == "lastQuestion":
         messages = payload.get("messages")
-        context = messages[:-1] if isinstance(messages, list) and messages else None
+        context = None
+        if isinstance(messages, list) and messages:
+            # The last message's role is context too: its content asked by a user is not the
+            # same request as by the system, or as an assistant's prefill to continue. (Its
+            # other fields, a name say, are not keyed, as in Higress.)
+            last = messages[-1]
+            role = last.get("role") if isinstance(last, dict) else None
+            context = [*messages[:-1], {"role": role}]
         picked = get_path(payload, key_from)
     elif strategy == "allQuestions":
         context = None  # as in Higress: the user turns are the whole question

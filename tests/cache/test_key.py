@@ -399,9 +399,12 @@ def test_last_question_keeps_the_earlier_turns_in_the_partition() -> None:
     keys = [parts_of(p, strategy="lastQuestion") for p in (a, b, c)]
     assert all(k is not None and k.question == "2+2?" for k in keys)
     assert len({k.exact for k in keys if k}) == 3 and len({k.partition for k in keys if k}) == 3
-    # the same conversation with another last message's role: the same question and key
+    # The same text as the last message of another role is another request (an assistant's
+    # prefill to continue, a system message): the same question in another partition.
     d = chat(("system", "be brief"), ("user", "hello"), ("assistant", "hi!"), ("assistant", "2+2?"))
-    assert key_of(d, strategy="lastQuestion") == key_of(a, strategy="lastQuestion")
+    last_d, last_a = (parts_of(p, strategy="lastQuestion") for p in (d, a))
+    assert last_d is not None and last_a is not None and last_d.question == last_a.question
+    assert last_d.partition != last_a.partition
     assert key_of(d) != key_of(a)  # the conversation strategy keys the role too
 
 
@@ -600,7 +603,7 @@ def test_the_exact_key_hashes_the_partition_then_the_question() -> None:
     key = parts_of(BASE)
     assert key is not None
     assert orjson.loads(key.partition_json)[:3] == [KEY_VERSION, SCOPE, "chat.completions"]
-    assert KEY_VERSION == 3  # the recipe changed: keys of version 2 are never looked up
+    assert KEY_VERSION == 4  # the recipe changed: keys of version 3 are never looked up
     assert key.partition == hashlib.sha256(key.partition_json).hexdigest()
     question = orjson.dumps(key.question, option=orjson.OPT_SORT_KEYS)
     assert key.exact == hashlib.sha256(key.partition_json + question).hexdigest()

@@ -11,12 +11,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aigw_plugins.exact_cache import uncacheable_answer, uncacheable_request
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigw.cache import failopen, stores
+from aigw.cache.cacheable import uncacheable_answer, uncacheable_request
 from aigw.cache.failopen import FailureLog
 from aigw.cache.record import CacheRecord, InvalidRecord, decode, encode, make_record, normalise
 from aigw.cache.replay import completion_body

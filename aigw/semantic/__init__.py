@@ -1,0 +1,1 @@
+"""The semantic cache's matching: which cached question may answer a new one."""
