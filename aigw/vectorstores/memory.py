@@ -18,12 +18,18 @@ Deletes, evictions and moves swap the namespace's last row into the freed one (O
 per entry), keeping every block dense; an emptied trailing block is freed. Expired entries are
 never returned (masked at search time) and are removed lazily, at most ``SWEEP_LIMIT`` per
 search or upsert, from a heap of expiry times.
+
+Besides ``max_entries``, ``max_bytes`` bounds what the entries hold (a semantic cache's payload
+carries a whole encoded answer: 6,000 answers of 100 kB took 590 MB of RSS before this bound).
+Each entry is charged its vector row, its payload (see :func:`payload_bytes`) and
+:data:`ENTRY_OVERHEAD`; the least recently used entries are evicted until both bounds hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -44,6 +50,23 @@ BLOCK_ROWS: Final = 8192
 #: Expired entries removed per search or upsert, at most: bounds the work one call does.
 SWEEP_LIMIT: Final = 64
 _FirstRows: Final = 4
+#: What an entry costs beyond its vector row and its payload's contents: its id string, its
+#: :class:`_Entry`, its slots in the OrderedDict, the row's id list and the expiry heap (with
+#: the heap tuple). Measured with tracemalloc in a full store that evicts (tests/vectorstores/
+#: test_memory.py checks it): traced memory within 0.94-1.09x of the charge for 3-key payloads
+#: of 0 B to 100 kB and ids of 64 characters (the payload keys, usually shared literals, are
+#: charged too; partly filled vector blocks are not, see MemoryVectorStoreConfig).
+ENTRY_OVERHEAD: Final = 448
+
+
+def payload_bytes(payload: Mapping[str, Any]) -> int:
+    """What ``payload``'s keys and values cost resident: ``sys.getsizeof`` of each (a str is
+    its characters plus a 41-73 byte header; one with non-ASCII characters costs 2 or 4 bytes
+    a character), one level deep (nested containers count their own shallow size only) plus
+    the dict itself."""
+    return sys.getsizeof(payload) + sum(
+        sys.getsizeof(k) + sys.getsizeof(v) for k, v in payload.items()
+    )
 
 
 class MemoryVectorStoreConfig(Settings):
@@ -53,27 +76,40 @@ class MemoryVectorStoreConfig(Settings):
     evicts the least recently used entry (stored, or returned by a search). The vectors take
     ``max_entries * dimension * 4`` bytes (205 MB at 100,000 x 512) plus, per namespace, at
     most one partly filled block (namespaces under 8,192 entries: at most 4 rows per entry).
+    ``max_bytes`` (default 64 MiB): the bytes the entries hold, each charged its vector row
+    (``dimension * 4 + 8``), its payload's keys and values (``sys.getsizeof``, one level deep:
+    a str payload value counts its characters plus ~50 bytes) and ``ENTRY_OVERHEAD``
+    (448 bytes); least recently used entries are evicted until both bounds hold. An entry
+    larger than ``max_bytes`` alone is not stored (the upsert returns without storing it).
     ``search_in_thread_above``: namespaces with at least this many entries are searched in a
     worker thread rather than on the event loop (0: always).
     """
 
     max_entries: int = Field(100_000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     search_in_thread_above: int = Field(32_768, ge=0)
 
 
 class _Entry:
     """Where an id lives and what it carries."""
 
-    __slots__ = ("expires_at", "namespace", "payload", "row", "seq")
+    __slots__ = ("expires_at", "namespace", "payload", "row", "seq", "size")
 
     def __init__(
-        self, namespace: str, row: int, expires_at: float, payload: Mapping[str, Any], seq: int
+        self,
+        namespace: str,
+        row: int,
+        expires_at: float,
+        payload: Mapping[str, Any],
+        seq: int,
+        size: int,
     ) -> None:
         self.namespace = namespace
         self.row = row
         self.expires_at = expires_at
         self.payload = payload
         self.seq = seq  # which upsert wrote it: tells a stale heap item from the live one
+        self.size = size  # what it is charged against max_bytes
 
 
 class _Space:
@@ -192,6 +228,8 @@ class MemoryVectorStore:
     def __init__(self, config: MemoryVectorStoreConfig | None = None) -> None:
         config = config or MemoryVectorStoreConfig()
         self.max_entries = config.max_entries
+        self.max_bytes = config.max_bytes
+        self.bytes = 0  # charged by the entries held (see MemoryVectorStoreConfig)
         self.thread_above = config.search_in_thread_above
         self.dimension: int | None = None
         self._spaces: dict[str, _Space] = {}
@@ -280,24 +318,40 @@ class MemoryVectorStore:
         payload: Mapping[str, Any],
         expires_at: float,
     ) -> None:
+        """Store (or replace) ``id``; evicts least recently used entries until ``max_entries``
+        and ``max_bytes`` hold. An entry larger than ``max_bytes`` on its own is not stored
+        (and an entry it would have replaced is removed): a cache misses, it does not fail."""
         vec = self._normalised(vector)
         self._sweep()
-        self._seq += 1
+        stored = dict(payload)
+        size = vec.nbytes + 8 + payload_bytes(stored) + ENTRY_OVERHEAD
         entry = self._entries.get(id)
+        if size > self.max_bytes:
+            if entry is not None:
+                self._remove(id)  # its old value must not outlive the write that replaced it
+            return
+        self._seq += 1
         if entry is not None and entry.namespace == namespace:
             self._spaces[namespace].set(entry.row, vec, expires_at)
-            entry.expires_at, entry.payload, entry.seq = expires_at, dict(payload), self._seq
+            entry.expires_at, entry.payload, entry.seq = expires_at, stored, self._seq
+            self.bytes += size - entry.size
+            entry.size = size
             self._entries.move_to_end(id)
+            while self.bytes > self.max_bytes:  # this entry is last: it fits on its own
+                self._remove(next(iter(self._entries)))
         else:
             if entry is not None:
                 self._remove(id)
-            while len(self._entries) >= self.max_entries:
+            while self._entries and (
+                len(self._entries) >= self.max_entries or self.bytes + size > self.max_bytes
+            ):
                 self._remove(next(iter(self._entries)))  # the least recently used
             space = self._spaces.get(namespace)
             if space is None:
                 space = self._spaces[namespace] = _Space(vec.shape[0])
             row = space.append(id, vec, expires_at)
-            self._entries[id] = _Entry(namespace, row, expires_at, dict(payload), self._seq)
+            self._entries[id] = _Entry(namespace, row, expires_at, stored, self._seq, size)
+            self.bytes += size
         heapq.heappush(self._expiry, (expires_at, self._seq, id))
         if len(self._expiry) > 2 * len(self._entries) + 64:
             # Replaced entries leave stale heap items: rebuild so the heap stays O(entries).
@@ -321,7 +375,7 @@ class MemoryVectorStore:
             space = self._spaces.pop(namespace, None)
             if space is not None:
                 for id in space.ids:
-                    del self._entries[id]
+                    self.bytes -= self._entries.pop(id).size
                 count = len(space)
         return count
 
@@ -330,6 +384,7 @@ class MemoryVectorStore:
         self._spaces.clear()
         self._entries.clear()
         self._expiry.clear()
+        self.bytes = 0
 
     def _normalised(self, vector: Vectors) -> npt.NDArray[np.float32]:
         if self.dimension is None:
@@ -350,6 +405,7 @@ class MemoryVectorStore:
 
     def _remove(self, id: str) -> None:
         entry = self._entries.pop(id)
+        self.bytes -= entry.size
         space = self._spaces[entry.namespace]
         moved = space.remove(entry.row)
         if moved is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -248,3 +249,115 @@ async def test_use_before_ensure_collection_and_dimension_change() -> None:
     await s.upsert("a", rows(1)[0], "ns", {}, LATER)
     with pytest.raises(VectorStoreError, match="16-d"):
         await s.ensure_collection(DIM * 2)
+
+
+def _store(max_bytes: int, max_entries: int = 10**6) -> MemoryVectorStore:
+    return MemoryVectorStore(MemoryVectorStoreConfig(max_bytes=max_bytes, max_entries=max_entries))
+
+
+def _answer(i: int, size: int) -> dict[str, str]:
+    """A semantic cache's payload: its question, its exact-cache key and a whole answer."""
+    return {"question": f"q{i}", "key": f"{i:064d}", "record": (f"{i:08d}" + "r" * size)[:size]}
+
+
+def _charge(payload: dict[str, str]) -> int:
+    return DIM * 4 + 8 + memory.payload_bytes(payload) + memory.ENTRY_OVERHEAD
+
+
+async def test_max_bytes_bounds_many_large_payloads() -> None:
+    """The store's own accounting stays within max_bytes and matches its entries, and what
+    tracemalloc sees held stays within 1.5x max_bytes (the old store held all 200 answers)."""
+    cap = 1024 * 1024
+    s = _store(cap)
+    await s.ensure_collection(DIM)
+    v = rows(64)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            await s.upsert(f"{i:064d}", v[i % 64], "ns", _answer(i, 100_000), LATER)
+            assert s.bytes <= cap
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert s.bytes == sum(e.size for e in s._entries.values())
+    assert 5 <= len(s) <= 10  # ~100 kB each: the bound, not max_entries, decided
+    assert held <= 1.5 * cap + 64 * 1024
+    # The least recently used went first: the newest entries are the ones held.
+    assert set(s._entries) == {f"{i:064d}" for i in range(200 - len(s), 200)}
+
+
+async def test_max_bytes_overhead_matches_what_small_entries_hold() -> None:
+    """ENTRY_OVERHEAD keeps the charge honest when payloads are small (many entries)."""
+    cap = 2 * 1024 * 1024
+    s = _store(cap)
+    await s.ensure_collection(DIM)
+    v = rows(64)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(8000):
+            await s.upsert(f"{i:064d}", v[i % 64], "ns", _answer(i, 200), LATER)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert len(s) < 8000 and s.bytes <= cap
+    assert 0.7 * cap <= held <= 1.5 * cap
+
+
+async def test_replacing_an_id_reaccounts_its_bytes() -> None:
+    s = _store(64 * 1024)
+    await s.ensure_collection(DIM)
+    v = rows(3)
+    small, big = _answer(0, 100), _answer(0, 20_000)
+    await s.upsert("a", v[0], "ns", small, LATER)
+    assert s.bytes == _charge(small)
+    await s.upsert("a", v[1], "ns", big, LATER)  # same namespace: replaced in place
+    assert s.bytes == _charge(big)
+    await s.upsert("a", v[2], "other", small, LATER)  # moved to another namespace
+    assert s.bytes == _charge(small) and len(s) == 1
+    # Growing an entry in place evicts others, never itself.
+    await s.upsert("b", v[0], "ns", _answer(1, 20_000), LATER)
+    await s.upsert("c", v[1], "ns", _answer(2, 20_000), LATER)
+    await s.upsert("a", v[2], "other", _answer(0, 40_000), LATER)
+    assert "a" in s._entries and "b" not in s._entries
+    assert s.bytes == sum(e.size for e in s._entries.values()) <= 64 * 1024
+
+
+async def test_deletes_and_expiry_give_bytes_back() -> None:
+    s = _store(1024 * 1024)
+    await s.ensure_collection(DIM)
+    v = rows(6)
+    for i in range(4):
+        await s.upsert(f"e{i}", v[i], "ns" if i < 2 else "gone", _answer(i, 1000), LATER)
+    one = _charge(_answer(0, 1000))
+    assert s.bytes == 4 * one
+    assert await s.delete(["e0"]) == 1
+    assert s.bytes == 3 * one
+    assert await s.delete(namespace="gone") == 2
+    assert s.bytes == one
+    s.sweep_limit = 0
+    await s.upsert("old", v[4], "ns", _answer(4, 1000), PAST)
+    assert s.bytes == 2 * one
+    s.sweep_limit = 64
+    await s.search(v[0], 1, "ns")  # the sweep removes the expired entry
+    assert s.bytes == one and len(s) == 1
+    await s.aclose()
+    assert s.bytes == 0
+
+
+async def test_an_entry_larger_than_max_bytes_is_not_stored() -> None:
+    s = _store(16 * 1024)
+    await s.ensure_collection(DIM)
+    v = rows(2)
+    await s.upsert("small", v[0], "ns", _answer(0, 100), LATER)
+    await s.upsert("huge", v[1], "ns", _answer(1, 32 * 1024), LATER)  # no error
+    assert [m.id for m in await s.search(v[1], 5, "ns")] == ["small"]
+    # Replacing an id with an oversized value forgets the old value rather than serve it.
+    await s.upsert("small", v[0], "ns", _answer(0, 32 * 1024), LATER)
+    assert len(s) == 0 and s.bytes == 0
+
+
+def test_max_bytes_defaults_to_64_mib() -> None:
+    assert MemoryVectorStoreConfig().max_bytes == 64 * 1024 * 1024
+    assert MemoryVectorStore().max_bytes == 64 * 1024 * 1024
